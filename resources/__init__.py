@@ -1,0 +1,1 @@
+"""Bundled model, model card and icons; installed as ``viewer.resources``."""

@@ -1,0 +1,1 @@
+"""One module per ``histoviewer`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,145 @@
+"""The paper's ConvNet (Table 1) and loading of saved models.
+
+Keras and TensorFlow are imported lazily, inside the functions: importing them takes seconds,
+and the GUI must show its window before that happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from viewer import PATCH_SIZE
+from viewer.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+BUNDLED_MODEL_NAME = "convnet_brecahad.keras"
+"""File name of the trained model shipped in ``resources/``."""
+
+INPUT_SHAPE = (PATCH_SIZE, PATCH_SIZE, 3)
+"""Model input: one RGB window, float32 pixels scaled to [0, 1]."""
+
+
+def import_keras():
+    """Import Keras with TensorFlow's start-up chatter silenced; returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    return keras
+
+
+def build_convnet(dropout: float = 0.5, seed: int | None = None) -> keras.Model:
+    """Build the ConvNet of Table 1 exactly: 171,105 trainable parameters.
+
+    Layer names are stable because the fully convolutional heatmap engine reads weights by
+    layer *type and order*, not by name; names only make summaries readable.
+    """
+    keras = import_keras()
+    layers = keras.layers
+    init = keras.initializers
+    kernel = (lambda i: init.GlorotUniform(seed=None if seed is None else seed + i))
+    model = keras.Sequential(
+        [
+            keras.Input(shape=INPUT_SHAPE, name="window_rgb"),
+            layers.Conv2D(32, 3, activation="relu", kernel_initializer=kernel(0), name="conv1_32x3x3"),
+            layers.MaxPooling2D(2, name="pool1_2"),
+            layers.Conv2D(32, 2, activation="relu", kernel_initializer=kernel(1), name="conv2_32x2x2"),
+            # Table 1 lists a 1x1 max-pool here; it changes nothing but is kept for fidelity.
+            layers.MaxPooling2D(1, name="pool2_1"),
+            layers.Conv2D(64, 3, activation="relu", kernel_initializer=kernel(2), name="conv3_64x3x3"),
+            layers.MaxPooling2D(2, name="pool3_2"),
+            layers.Flatten(name="flatten_2304"),
+            layers.Dense(64, activation="relu", kernel_initializer=kernel(3), name="dense_64"),
+            layers.Dropout(dropout, seed=seed, name="dropout"),
+            layers.Dense(1, activation="sigmoid", kernel_initializer=kernel(4), name="p_tumour"),
+        ],
+        name="brecahad_convnet",
+    )
+    return model
+
+
+def bundled_model_path() -> Path:
+    """Path of the trained model shipped with the program (inside the wheel or the checkout)."""
+    try:
+        candidate = Path(str(resources.files("viewer.resources").joinpath(BUNDLED_MODEL_NAME)))
+        if candidate.is_file():
+            return candidate
+    except (ModuleNotFoundError, FileNotFoundError):  # pragma: no cover - broken install
+        pass
+    return Path(__file__).resolve().parent.parent / "resources" / BUNDLED_MODEL_NAME
+
+
+def model_card_path() -> Path:
+    """Path of the bundled model's card (Markdown)."""
+    return bundled_model_path().with_name("MODEL_CARD.md")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, used to tie exported heatmaps to the exact model that made them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path | None = None) -> keras.Model:
+    """Load a saved Keras model; ``None`` loads the bundled one.
+
+    Keras ``safe_mode`` stays on, so a file cannot run arbitrary code (Lambda layers are
+    refused). The model must take 32x32x3 windows and return one probability per window.
+    """
+    path = bundled_model_path() if path is None else Path(path)
+    if not path.exists():
+        hint = " (the bundled model is missing: reinstall histoviewer)" if path == bundled_model_path() else ""
+        raise ModelError(f"model file not found{hint}", path)
+    if path.is_dir():
+        raise ModelError("is a folder; expected a .keras model file", path)
+    if not os.access(path, os.R_OK):
+        raise ModelError("cannot be read (permission denied)", path)
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError("is not a valid .keras file (corrupt or truncated zip archive)", path)
+    keras = import_keras()
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as exc:
+        text = str(exc)
+        if "safe_mode" in text or "Lambda" in text or "lambda" in text:
+            raise ModelError(
+                "contains a Lambda layer or other executable code, which is refused for safety "
+                "(Keras safe_mode); re-save the model without Lambda layers",
+                path,
+            ) from exc
+        raise ModelError(f"cannot be loaded as a Keras model ({_first_line(text)})", path) from exc
+    except Exception as exc:  # Keras raises many types for damaged archives
+        raise ModelError(f"cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(str(exc))})", path) from exc
+    check_model_io(model, path)
+    return model
+
+
+def check_model_io(model: keras.Model, path: str | Path | None = None) -> None:
+    """Refuse models that do not map one 32x32x3 window to one probability."""
+    inputs = model.inputs
+    outputs = model.outputs
+    if len(inputs) != 1:
+        raise ModelError(f"has {len(inputs)} inputs; expected one 32x32x3 image input", path)
+    if len(outputs) != 1:
+        raise ModelError(f"has {len(outputs)} outputs; expected one tumour probability", path)
+    in_shape = tuple(inputs[0].shape[1:])
+    if in_shape != INPUT_SHAPE:
+        raise ModelError(f"takes input of shape {in_shape}; expected {INPUT_SHAPE} (32x32 RGB windows)", path)
+    out_shape = tuple(outputs[0].shape[1:])
+    if out_shape not in ((1,), ()):
+        raise ModelError(f"returns shape {out_shape}; expected (1,): one tumour probability per window", path)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return line[:200]
