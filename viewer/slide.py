@@ -1,0 +1,284 @@
+"""Open an image file as an RGB uint8 array: all format checks live here.
+
+BreCaHAD ships uncompressed TIFF; derivatives ship deflate/LZW/JPEG-compressed TIFF, BigTIFF,
+or plain JPEG/PNG. Everything is converted to one representation, a C-contiguous (H, W, 3)
+uint8 array, because that is what the display (pyqtgraph's fast path), the ConvNet (scaled to
+[0, 1]) and the exporter all want. Anything that cannot be converted sensibly is refused with an
+:class:`~viewer.errors.ImageError` naming the file and the problem, *before* large allocations.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from viewer import PATCH_SIZE
+from viewer.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 400_000_000
+"""Largest image (width x height) opened by default: 20k x 20k, 1.2 GB as RGB.
+
+Override with the ``HISTOVIEWER_MAX_PIXELS`` environment variable or the ``max_pixels`` argument.
+The check reads only the file header, so a forged header cannot make us allocate."""
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".jpg", ".jpeg", ".png")
+"""File name endings offered in open dialogs and accepted by drag and drop."""
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True, eq=False)
+class Slide:
+    """An opened image: pixels plus where they came from and what was done to them."""
+
+    pixels: np.ndarray
+    """(height, width, 3) uint8, C-contiguous, read-only."""
+    path: Path
+    notes: tuple[str, ...] = field(default=())
+    """Human-readable remarks about the conversion (e.g. 'first of 5 pages shown')."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def max_pixels_setting() -> int:
+    """The configured pixel limit (``HISTOVIEWER_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`)."""
+    raw = os.environ.get("HISTOVIEWER_MAX_PIXELS", "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+    return value if value > 0 else DEFAULT_MAX_PIXELS
+
+
+def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
+    """Open a TIFF, JPEG or PNG file as a :class:`Slide`.
+
+    Raises :class:`ImageError` with a one-line message for anything that cannot be shown.
+    """
+    path = Path(path)
+    limit = max_pixels_setting() if max_pixels is None else int(max_pixels)
+    head = _read_head(path)
+    notes: list[str] = []
+    try:
+        if head.startswith(_TIFF_MAGIC):
+            pixels = _read_tiff(path, limit, notes)
+        elif head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC):
+            pixels = _read_with_pillow(path, limit, notes)
+        else:
+            raise ImageError("is not a TIFF, JPEG or PNG image (unrecognised file header)", path)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageError("is too large to fit in memory", path) from exc
+    except Exception as exc:  # codec and parser errors come in many types
+        raise ImageError(f"is corrupt or truncated and cannot be decoded ({_describe(exc)})", path) from exc
+    rgb = to_rgb_uint8(pixels, path, notes)
+    height, width = rgb.shape[:2]
+    if height < PATCH_SIZE or width < PATCH_SIZE:
+        raise ImageError(
+            f"is {width}x{height} px; images must be at least {PATCH_SIZE}x{PATCH_SIZE} px "
+            "(the size of one ConvNet window)",
+            path,
+        )
+    rgb = np.ascontiguousarray(rgb)
+    rgb.setflags(write=False)
+    return Slide(pixels=rgb, path=path, notes=tuple(notes))
+
+
+def _read_head(path: Path) -> bytes:
+    if not path.exists():
+        raise ImageError("file not found", path)
+    if path.is_dir():
+        raise ImageError("is a folder, not an image file", path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except PermissionError as exc:
+        raise ImageError("cannot be read (permission denied)", path) from exc
+    except OSError as exc:
+        raise ImageError(f"cannot be read ({exc.strerror or exc})", path) from exc
+    if not head:
+        raise ImageError("is empty (0 bytes)", path)
+    return head
+
+
+def _check_size(path: Path, width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise ImageError(
+            f"is {width}x{height} px ({width * height / 1e6:.0f} megapixels), above the limit of "
+            f"{limit / 1e6:.0f} megapixels; raise HISTOVIEWER_MAX_PIXELS to open it",
+            path,
+        )
+
+
+def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
+    import tifffile
+
+    with warnings.catch_warnings():
+        # tifffile warns (rather than raising) about some damaged tags; the decode below
+        # still fails loudly if the pixels are unusable.
+        warnings.simplefilter("ignore")
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ImageError("contains no image data", path)
+            series = tif.series[0]
+            axes = series.axes
+            shape = tuple(int(n) for n in series.shape)
+            if "Y" not in axes or "X" not in axes:
+                raise ImageError(f"has no 2-D image plane (axes {axes})", path)
+            width, height = shape[axes.index("X")], shape[axes.index("Y")]
+            _check_size(path, width, height, limit)
+            if len(tif.series) > 1:
+                notes.append(f"file holds {len(tif.series)} image series; showing the first")
+            _check_not_truncated(tif, series, path)
+            pages = len(series.pages)
+            if pages > 1:
+                # Read only the first page: a 1000-page stack must not be loaded whole.
+                notes.append(f"multi-page image ({pages} pages); showing the first")
+                first = series.pages[0]
+                data, axes = first.asarray(), first.axes
+            else:
+                data = series.asarray()
+    return _first_plane(data, axes, notes)
+
+
+def _check_not_truncated(tif, series, path: Path) -> None:
+    """tifffile silently zero-fills strips that lie past the end of the file; refuse instead."""
+    size = tif.filehandle.size
+    for page in series.pages[:1]:
+        if page is None:
+            continue
+        offsets = getattr(page, "dataoffsets", ()) or ()
+        counts = getattr(page, "databytecounts", ()) or ()
+        for offset, count in zip(offsets, counts):
+            if offset + count > size or (count == 0 and offset == 0 and page.compression == 1):
+                raise ImageError("is truncated: its image data ends before the header says it should", path)
+
+
+def _first_plane(data: np.ndarray, axes: str, notes: list[str]) -> np.ndarray:
+    """Reduce a tifffile array with named axes to (Y, X) or (Y, X, S)."""
+    index: list[object] = []
+    dropped: list[str] = []
+    for axis, size in zip(axes, data.shape):
+        if axis in "YXS":
+            index.append(slice(None))
+        else:
+            index.append(0)
+            if size > 1:
+                dropped.append(f"{size} {_AXIS_NAMES.get(axis, axis)}")
+    if dropped:
+        notes.append(f"multi-page image ({', '.join(dropped)}); showing the first")
+    plane = data[tuple(index)]
+    kept = [a for a in axes if a in "YXS"]
+    order = [kept.index(a) for a in "YXS" if a in kept]
+    return np.transpose(plane, order)
+
+
+_AXIS_NAMES = {"I": "pages", "Z": "z-planes", "T": "time points", "C": "channels", "Q": "planes", "R": "levels"}
+
+
+def _read_with_pillow(path: Path, limit: int, notes: list[str]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = img.size
+        _check_size(path, width, height, limit)
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"animated image with {frames} frames; showing the first")
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return np.asarray(img)
+        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+            return np.asarray(img.convert("RGBA"))
+        if img.mode in ("L", "1"):
+            return np.asarray(img.convert("L"))
+        return np.asarray(img.convert("RGB"))
+
+
+def to_rgb_uint8(pixels: np.ndarray, path: str | Path, notes: list[str] | None = None) -> np.ndarray:
+    """Convert grey, 16-bit, float or RGBA pixels to (H, W, 3) uint8, noting what was done."""
+    notes = [] if notes is None else notes
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        notes.append("single-channel image shown as grey")
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ImageError(f"has unsupported pixel layout (shape {arr.shape})", path)
+    channels = arr.shape[-1]
+    if channels not in (1, 3, 4):
+        if channels > 4 and channels < 16:
+            notes.append(f"{channels} channels; the first three shown as RGB")
+            arr = arr[..., :3]
+        else:
+            raise ImageError(f"has {channels} channels; expected grey, RGB or RGBA", path)
+    arr = _to_uint8(arr, path, notes)
+    if arr.shape[-1] == 4:
+        # Transparent regions of slide scans are background glass: composite over white.
+        alpha = arr[..., 3:4].astype(np.uint16)
+        rgb = arr[..., :3].astype(np.uint16)
+        arr = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+        notes.append("alpha channel composited over white")
+    elif arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return arr
+
+
+def _to_uint8(arr: np.ndarray, path: str | Path, notes: list[str]) -> np.ndarray:
+    kind = arr.dtype.kind
+    if arr.dtype == np.uint8:
+        return arr
+    if kind == "b":
+        return arr.astype(np.uint8) * 255
+    if kind == "u":
+        # Many 16-bit scanners use only 10-14 bits: scale by the data's bit depth, not 65535,
+        # so the image is not shown nearly black.
+        top = int(arr.max(initial=0))
+        bits = max(8, int(top).bit_length())
+        notes.append(f"{arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
+        return (arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5).astype(np.uint8)
+    if kind == "i":
+        top = int(arr.max(initial=0))
+        if int(arr.min(initial=0)) < 0:
+            raise ImageError("has negative pixel values; expected an RGB photograph of a slide", path)
+        bits = max(8, top.bit_length())
+        notes.append(f"signed {arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
+        return (arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5).astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError("has NaN or infinite pixel values", path)
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+        if lo >= 0.0 and hi <= 1.0:
+            notes.append("floating-point image in [0, 1] scaled to 8 bits")
+            scaled = arr * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            notes.append("floating-point image in [0, 255] converted to 8 bits")
+            scaled = arr
+        else:
+            notes.append(f"floating-point image with range [{lo:g}, {hi:g}] stretched to 8 bits")
+            scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise ImageError(f"has unsupported pixel type {arr.dtype}", path)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:160] if text else type(exc).__name__
