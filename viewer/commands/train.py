@@ -1,0 +1,84 @@
+"""``histoviewer train``: train the Table-1 ConvNet with whole images held out."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+DESCRIPTION = """\
+Train the paper's ConvNet (Table 1, unchanged) with Adam on a BreCaHAD-layout folder, or on an
+npz written by 'histoviewer prepare'. Images are split 70/15/15 by image from --seed (the same
+split as 'prepare' and 'evaluate'); validation and test images are never trained on.
+
+Every epoch draws fresh windows from the training images: one per tumour point (centre jittered
+by up to --jitter px) and --negatives-per-positive non-tumour windows per point (a share
+--hard-fraction of them near annotated points), with flips/90-degree rotations and mild colour
+jitter. The learning rate halves after --plateau epochs without val-loss improvement; training
+stops after --patience such epochs and restores the best weights.
+
+Writes MODEL.keras, MODEL.metrics.json (config, split image names, per-epoch history, held-out
+val/test metrics) and MODEL.curves.png (accuracy and loss, train and validation), all atomically;
+--metrics-out / --curves-out choose other names.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the Table-1 ConvNet on BreCaHAD images (whole images held out)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, metavar="DIR|PATCHES.npz", help="BreCaHAD-layout folder or a prepared npz")
+    parser.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
+    parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default 30)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16, as in the paper)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, sampling, initialisation (default 0)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="use only the first N images (sorted by name)")
+    parser.add_argument("--patience", type=int, default=8, metavar="P", help="early-stopping patience in epochs, 0 = off (default 8)")
+    parser.add_argument("--plateau", type=int, default=3, help="halve the learning rate after this many epochs without improvement, 0 = off (default 3)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
+    parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="non-tumour windows per tumour point per epoch (default 1)")
+    parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
+    parser.add_argument("--jitter", type=float, default=6.0, help="max offset (px) of tumour window centres from the point (default 6)")
+    parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
+    parser.add_argument("--no-heatmap", action="store_true", help="skip the held-out heatmap AUC at the end (faster)")
+    parser.add_argument("--metrics-out", default=None, metavar="JSON", help="metrics file (default MODEL.metrics.json)")
+    parser.add_argument("--curves-out", default=None, metavar="PNG", help="training curves (default MODEL.curves.png)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from viewer.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        plateau=args.plateau,
+        max_images=args.max_images,
+        negatives_per_positive=args.negatives_per_positive,
+        hard_fraction=args.hard_fraction,
+        jitter=args.jitter,
+        augment=not args.no_augment,
+    )
+    progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    command = "histoviewer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    metrics = run_training(
+        args.data, args.out, config,
+        metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
+        heatmap=not args.no_heatmap, command=command, progress=progress,
+    )
+    for part in ("val", "test"):
+        res = metrics["held_out"].get(part)
+        if res:
+            hm = res.get("heatmap_auc")
+            print(f"{part}: accuracy {res['accuracy']:.4f}  auc {res['auc']:.4f}"
+                  + (f"  heatmap_auc {hm:.4f}" if hm is not None else ""))
+    print(f"wrote {args.out}")
+    return 0
