@@ -1,0 +1,857 @@
+"""Tumour-probability heatmaps: geometry, the tiled engine, and heatmap files.
+
+Geometry (see README "Heatmap geometry")
+    Cell ``(r, c)`` is the probability of the 32x32 window whose top-left pixel is
+    ``(x, y) = (stride*c, stride*r)``. It belongs to the window centre
+    ``(stride*c + 16, stride*r + 16)`` and is drawn as a ``stride`` x ``stride`` square centred
+    there, so the whole array is drawn at ``(16 - stride/2, 16 - stride/2)`` with scale ``stride``
+    (:func:`heatmap_rect`). Row ``r`` of the array is image ``y``, column ``c`` is image ``x``.
+
+The engine
+    :func:`iter_heatmap_tiles` is the only engine: :func:`compute_heatmap` and the CLI drain it,
+    the GUI worker consumes it tile by tile. It is a plain generator doing all of its work
+    synchronously inside ``next()``; stop iterating (or ``close()`` it) and nothing more runs.
+
+    For models shaped like Table 1 (valid convolutions, square max-pools with total
+    down-sampling ``D`` = 4, Flatten, Dense layers) and strides that are multiples of ``D``, each
+    tile is evaluated fully convolutionally: the convolutions run once over the tile plus a
+    ``32 - stride`` px halo, the first Dense layer becomes a 6x6 convolution with stride
+    ``stride/4`` on the last pooled grid and later Dense layers become 1x1 convolutions. Because
+    every window starts at a multiple of 4 px, the pooling grids of the tile and of each window
+    coincide and the result equals cutting out every window (to float round-off). Other strides
+    and other models fall back to batches of windows through the Keras model itself.
+
+Keras and TensorFlow are imported lazily, inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from viewer import DEFAULT_STRIDE, PATCH_SIZE, __version__
+from viewer.errors import InputError, OutputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+WINDOW_CENTRE_OFFSET = PATCH_SIZE // 2
+"""Offset from a window's top-left pixel to its centre, in pixels (16)."""
+
+METHOD_EXACT = "fully-convolutional"
+METHOD_WINDOWS = "windows"
+METHODS = ("auto", METHOD_EXACT, METHOD_WINDOWS)
+"""``method`` values for the engine: ``auto`` picks the exact fully convolutional pass when the
+model and stride allow it and batched windows otherwise."""
+
+_TARGET_TILE_PX = 320
+"""Default tile side in image pixels for the fully convolutional pass (about 10-20 ms per tile
+on two cores; larger tiles amortise the 24 px halo better but make the first tile slower)."""
+
+_TARGET_TILE_CELLS_WINDOWS = 32
+"""Default tile side in cells for the batched-window fallback (1024 windows per tile)."""
+
+_WINDOW_BATCH = 256
+"""Fixed batch size of the fallback's traced model call (partial batches are padded)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_stride(stride: int) -> int:
+    if isinstance(stride, bool) or int(stride) != stride or int(stride) < 1:
+        raise ValueError(f"stride must be a positive whole number of pixels, got {stride!r}")
+    return int(stride)
+
+
+def heatmap_shape(height: int, width: int, stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
+    """Shape ``((H - 32)//stride + 1, (W - 32)//stride + 1)`` of an image's heatmap (0 if smaller than a window)."""
+    stride = _check_stride(stride)
+    rows = (int(height) - PATCH_SIZE) // stride + 1 if height >= PATCH_SIZE else 0
+    cols = (int(width) - PATCH_SIZE) // stride + 1 if width >= PATCH_SIZE else 0
+    return rows, cols
+
+
+def cell_centre(row, col, stride: int = DEFAULT_STRIDE):
+    """Image pixel ``(x, y) = (stride*col + 16, stride*row + 16)`` a cell's probability belongs to.
+
+    Works on scalars and on numpy arrays of indices alike.
+    """
+    return stride * col + WINDOW_CENTRE_OFFSET, stride * row + WINDOW_CENTRE_OFFSET
+
+
+def window_origin(row, col, stride: int = DEFAULT_STRIDE):
+    """Top-left pixel ``(x, y) = (stride*col, stride*row)`` of the 32x32 window of a cell."""
+    return stride * col, stride * row
+
+
+def heatmap_rect(rows: int, cols: int, stride: int = DEFAULT_STRIDE) -> tuple[float, float, float, float]:
+    """Where to draw a ``rows`` x ``cols`` heatmap over the image: ``(x, y, width, height)`` in pixels.
+
+    Cell ``(r, c)`` is the square ``[x + stride*c, x + stride*(c+1)) x [y + stride*r, ...)`` with
+    ``x = y = 16 - stride/2``: a stride-sized square centred on its window centre. Pass the
+    result to e.g. ``ImageItem.setRect``.
+    """
+    stride = _check_stride(stride)
+    origin = WINDOW_CENTRE_OFFSET - stride / 2
+    return (origin, origin, float(cols * stride), float(rows * stride))
+
+
+def pixel_cell_index(length: int, cells: int, stride: int = DEFAULT_STRIDE) -> np.ndarray:
+    """For each pixel ``0..length-1`` along one axis, the cell drawn over its centre, or -1.
+
+    A pixel ``i`` covers ``[i, i+1)``; its centre ``i + 0.5`` lies in the square of cell
+    ``floor((i + 0.5 - (16 - stride/2)) / stride)``. This is the nearest-neighbour rule that
+    :func:`viewer.overlay.compose` uses, and the same squares :func:`heatmap_rect` describes.
+    """
+    stride = _check_stride(stride)
+    centres = np.arange(int(length), dtype=np.float64) + 0.5
+    index = np.floor((centres - (WINDOW_CENTRE_OFFSET - stride / 2)) / stride).astype(np.int64)
+    index[(index < 0) | (index >= cells)] = -1
+    return index
+
+
+def pixel_to_cell(x: float, y: float, shape: tuple[int, int], stride: int = DEFAULT_STRIDE) -> tuple[int, int] | None:
+    """The heatmap cell ``(row, col)`` drawn at image point ``(x, y)``, or ``None`` outside the heatmap."""
+    stride = _check_stride(stride)
+    origin = WINDOW_CENTRE_OFFSET - stride / 2
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    col = math.floor((x - origin) / stride)
+    row = math.floor((y - origin) / stride)
+    if 0 <= row < shape[0] and 0 <= col < shape[1]:
+        return row, col
+    return None
+
+
+def blank_heatmap(height: int, width: int, stride: int = DEFAULT_STRIDE) -> np.ndarray:
+    """A float32 heatmap for an image, all NaN (= not computed yet), to fill tile by tile."""
+    return np.full(heatmap_shape(height, width, stride), np.nan, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: which tiles, in which order
+# ---------------------------------------------------------------------------------------------
+
+
+class HeatmapTile(NamedTuple):
+    """One finished tile: ``heatmap[rows, cols] = probabilities`` (float32)."""
+
+    rows: slice
+    cols: slice
+    probabilities: np.ndarray
+
+
+def default_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
+    """Target tile side in cells: about 320 px of image for strides that are multiples of 4
+    (the exact fully convolutional pass), 32 cells (1024 windows) otherwise."""
+    stride = _check_stride(stride)
+    if stride % 4 == 0:
+        return max(4, round(_TARGET_TILE_PX / stride))
+    return _TARGET_TILE_CELLS_WINDOWS
+
+
+def _balanced(cells: int, target: int) -> int:
+    """Tile length near ``target`` that splits ``cells`` into equal tiles (no thin last tile)."""
+    if cells <= 0:
+        return 1
+    count = -(-cells // max(1, target))
+    return -(-cells // count)
+
+
+@dataclass(frozen=True)
+class HeatmapPlan:
+    """The tiles of one heatmap, in the order the engine computes them.
+
+    ``len(plan)`` is the number of tiles the engine will yield (use it for progress);
+    ``plan.tiles[i]`` is the ``(row_slice, col_slice)`` of the i-th tile. Tiles are
+    ``tile_rows`` x ``tile_cols`` cells, except at the bottom and right edges, and cover every
+    cell exactly once.
+    """
+
+    height: int
+    width: int
+    stride: int
+    tile_rows: int
+    tile_cols: int
+    tiles: tuple[tuple[slice, slice], ...]
+    order_from: tuple[float, float] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the finished heatmap."""
+        return heatmap_shape(self.height, self.width, self.stride)
+
+    @property
+    def cells(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self) -> Iterator[tuple[slice, slice]]:
+        return iter(self.tiles)
+
+    def tile_centre(self, index: int) -> tuple[float, float]:
+        """Image pixel ``(x, y)`` at the centre of a tile's window centres."""
+        rows, cols = self.tiles[index]
+        x0, y0 = cell_centre(rows.start, cols.start, self.stride)
+        x1, y1 = cell_centre(rows.stop - 1, cols.stop - 1, self.stride)
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def plan_heatmap(
+    height: int,
+    width: int,
+    stride: int = DEFAULT_STRIDE,
+    *,
+    tile_cells: int | tuple[int, int] | None = None,
+    order_from: tuple[float, float] | None = None,
+) -> HeatmapPlan:
+    """Cut the heatmap of a ``height`` x ``width`` image into tiles, in computing order.
+
+    ``tile_cells``: tile size in cells, an int or ``(rows, cols)``; ``None`` picks a size near
+    :func:`default_tile_cells` that splits the heatmap into equal tiles. ``order_from``: an image
+    pixel ``(x, y)`` (e.g. the centre of the visible area); tiles are then ordered by the distance
+    of their centre from it, nearest first (ties in raster order). ``None``: raster order.
+    Cheap (no TensorFlow); the engine uses exactly this plan, so ``len()`` gives the tile count.
+    """
+    stride = _check_stride(stride)
+    rows, cols = heatmap_shape(height, width, stride)
+    if tile_cells is None:
+        target = default_tile_cells(stride)
+        tile_rows, tile_cols = _balanced(rows, target), _balanced(cols, target)
+    else:
+        tile_rows, tile_cols = (tile_cells, tile_cells) if np.isscalar(tile_cells) else tuple(tile_cells)
+        if int(tile_rows) != tile_rows or int(tile_cols) != tile_cols or tile_rows < 1 or tile_cols < 1:
+            raise ValueError(f"tile_cells must be positive whole numbers, got {tile_cells!r}")
+        tile_rows, tile_cols = int(tile_rows), int(tile_cols)
+    tiles = [
+        (slice(r, min(r + tile_rows, rows)), slice(c, min(c + tile_cols, cols)))
+        for r in range(0, rows, tile_rows)
+        for c in range(0, cols, tile_cols)
+    ]
+    if order_from is not None:
+        px, py = float(order_from[0]), float(order_from[1])
+
+        def distance(item: tuple[int, tuple[slice, slice]]) -> tuple[float, int]:
+            index, (rs, cs) = item
+            x0, y0 = cell_centre(rs.start, cs.start, stride)
+            x1, y1 = cell_centre(rs.stop - 1, cs.stop - 1, stride)
+            return (math.hypot((x0 + x1) / 2 - px, (y0 + y1) / 2 - py), index)
+
+        tiles = [tile for _, tile in sorted(enumerate(tiles), key=distance)]
+        order_from = (px, py)
+    return HeatmapPlan(int(height), int(width), stride, tile_rows, tile_cols, tuple(tiles), order_from)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model analysis: can this model be evaluated fully convolutionally?
+# ---------------------------------------------------------------------------------------------
+
+
+_ACTIVATIONS = ("relu", "sigmoid", "linear", "tanh", "elu", "selu", "softplus", "silu", "swish")
+
+
+@dataclass
+class _NetSpec:
+    """A Table-1-shaped network as plain arrays: conv/pool stages, then Dense layers as convs."""
+
+    features: list[tuple] = field(default_factory=list)
+    """("conv", kernel (kh,kw,cin,cout), bias|None, activation) or ("pool", size)."""
+    dense: list[tuple] = field(default_factory=list)
+    """(kernel (kh,kw,cin,cout), bias|None, activation); the first one spans the whole feature map."""
+    downsample: int = 1
+    """Product of the pool sizes: windows must start on multiples of this."""
+
+
+def _activation_name(keras, fn) -> str | None:
+    try:
+        name = keras.activations.serialize(fn)
+    except Exception:  # noqa: BLE001 - custom callables
+        return None
+    if isinstance(name, dict):
+        name = name.get("config", {}).get("name") if name.get("class_name") == "function" else None
+    return name if name in _ACTIVATIONS else None
+
+
+def _analyse(model) -> tuple[_NetSpec | None, str]:
+    """Read a Sequential Conv2D/MaxPooling2D/Flatten/Dense model into a :class:`_NetSpec`.
+
+    Returns ``(None, reason)`` for anything else; the engine then uses batched windows.
+    """
+    from viewer.model import import_keras
+
+    keras = import_keras()
+    L = keras.layers
+    if not isinstance(model, keras.Sequential):
+        return None, "not a Sequential model"
+    spec = _NetSpec()
+    height = width = PATCH_SIZE
+    channels = 3
+    flat: tuple[int, int, int] | None = None
+    for layer in model.layers:
+        kind = type(layer)
+        if kind in (L.Dropout, L.InputLayer):
+            continue
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and getattr(policy, "compute_dtype", "float32") != "float32":
+            return None, f"layer {layer.name} computes in {policy.compute_dtype}"
+        if flat is None and kind is L.Conv2D:
+            if (
+                tuple(layer.strides) != (1, 1)
+                or tuple(layer.dilation_rate) != (1, 1)
+                or layer.padding != "valid"
+                or layer.data_format != "channels_last"
+                or getattr(layer, "groups", 1) != 1
+            ):
+                return None, f"layer {layer.name} is not a plain valid stride-1 convolution"
+            act = _activation_name(keras, layer.activation)
+            if act is None:
+                return None, f"layer {layer.name} has an unsupported activation"
+            weights = layer.get_weights()
+            kernel = np.asarray(weights[0], dtype=np.float32)
+            bias = np.asarray(weights[1], dtype=np.float32) if layer.use_bias else None
+            kh, kw, cin, cout = kernel.shape
+            if cin != channels:
+                return None, f"layer {layer.name} has unexpected input channels"
+            height, width, channels = height - kh + 1, width - kw + 1, cout
+            spec.features.append(("conv", kernel, bias, act))
+        elif flat is None and kind is L.MaxPooling2D:
+            pool = tuple(layer.pool_size)
+            strides = tuple(layer.strides) if layer.strides is not None else pool
+            if pool[0] != pool[1] or strides != pool or layer.data_format != "channels_last":
+                return None, f"layer {layer.name} is not a square non-overlapping max-pool"
+            size = pool[0]
+            if size == 1:
+                continue  # Table 1's 1x1 max-pool is the identity
+            if layer.padding != "valid":
+                return None, f"layer {layer.name} uses 'same' padding"
+            height, width = height // size, width // size
+            spec.downsample *= size
+            spec.features.append(("pool", size))
+        elif flat is None and kind is L.Flatten:
+            if getattr(layer, "data_format", "channels_last") != "channels_last":
+                return None, f"layer {layer.name} flattens channels-first"
+            flat = (height, width, channels)
+        elif flat is not None and kind is L.Dense:
+            act = _activation_name(keras, layer.activation)
+            if act is None:
+                return None, f"layer {layer.name} has an unsupported activation"
+            weights = layer.get_weights()
+            kernel = np.asarray(weights[0], dtype=np.float32)
+            bias = np.asarray(weights[1], dtype=np.float32) if layer.use_bias else None
+            if not spec.dense:
+                fh, fw, fc = flat
+                if kernel.shape[0] != fh * fw * fc:
+                    return None, f"layer {layer.name} does not match the flattened feature map"
+                kernel = kernel.reshape(fh, fw, fc, kernel.shape[1])  # Flatten is row-major (h, w, c)
+            else:
+                kernel = kernel.reshape(1, 1, *kernel.shape)
+            spec.dense.append((kernel, bias, act))
+        else:
+            return None, f"layer {layer.name} ({kind.__name__}) is not supported by the fully convolutional pass"
+    if flat is None or not spec.dense or height < 1 or width < 1:
+        return None, "no Flatten + Dense head"
+    if spec.dense[-1][0].shape[-1] != 1:
+        return None, "the last Dense layer does not have one unit"
+    return spec, ""
+
+
+def _weights_fingerprint(model) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in model.get_weights():
+        array = np.ascontiguousarray(array)
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class _ModelEngines:
+    """Per-model cache: the analysed spec and traced functions (keyed by stride and tile shape)."""
+
+    def __init__(self, model) -> None:
+        self.spec, self.reason = _analyse(model)
+        self.fingerprint = _weights_fingerprint(model) if self.spec is not None else None
+        self.exact: dict[tuple[int, int, int], Any] = {}
+        self.windows: Any = None
+        self.lock = threading.Lock()
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engines_for(model) -> _ModelEngines:
+    with _ENGINES_LOCK:
+        engines = _ENGINES.get(model)
+    if engines is not None and engines.spec is not None:
+        # Weights may have changed (training): the traced functions hold them as constants.
+        if _weights_fingerprint(model) != engines.fingerprint:
+            engines = None
+    if engines is None:
+        engines = _ModelEngines(model)
+        with _ENGINES_LOCK:
+            _ENGINES[model] = engines
+    return engines
+
+
+def heatmap_method(model, stride: int = DEFAULT_STRIDE) -> str:
+    """``"fully-convolutional"`` if the engine can evaluate ``model`` exactly as one
+    convolutional pass at this stride, else ``"windows"`` (batched windows, same numbers, slower)."""
+    stride = _check_stride(stride)
+    engines = _engines_for(model)
+    if engines.spec is not None and stride % engines.spec.downsample == 0:
+        return METHOD_EXACT
+    return METHOD_WINDOWS
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluators
+# ---------------------------------------------------------------------------------------------
+
+
+def _tf():
+    from viewer.model import import_keras
+
+    import_keras()  # sets the quiet TF logging environment first
+    import tensorflow as tf
+
+    return tf
+
+
+def _tf_activation(tf, name: str):
+    return {
+        "relu": tf.nn.relu,
+        "sigmoid": tf.sigmoid,
+        "linear": None,
+        "tanh": tf.tanh,
+        "elu": tf.nn.elu,
+        "selu": tf.nn.selu,
+        "softplus": tf.nn.softplus,
+        "silu": tf.nn.silu,
+        "swish": tf.nn.silu,
+    }[name]
+
+
+def _exact_function(engines: _ModelEngines, stride: int, in_h: int, in_w: int):
+    """Traced fully convolutional pass over one (1, in_h, in_w, 3) uint8 tile (cached)."""
+    key = (stride, in_h, in_w)
+    with engines.lock:
+        fn = engines.exact.get(key)
+        if fn is not None:
+            return fn
+        tf = _tf()
+        spec = engines.spec
+        step = stride // spec.downsample
+        stages = []
+        for stage in spec.features:
+            if stage[0] == "conv":
+                _, kernel, bias, act = stage
+                stages.append(("conv", tf.constant(kernel), None if bias is None else tf.constant(bias), 1, _tf_activation(tf, act)))
+            else:
+                stages.append(("pool", stage[1]))
+        for i, (kernel, bias, act) in enumerate(spec.dense):
+            stages.append(("conv", tf.constant(kernel), None if bias is None else tf.constant(bias), step if i == 0 else 1, _tf_activation(tf, act)))
+
+        def forward(tile):
+            x = tf.cast(tile, tf.float32) / 255.0
+            for stage in stages:
+                if stage[0] == "pool":
+                    x = tf.nn.max_pool2d(x, stage[1], stage[1], "VALID")
+                    continue
+                _, kernel, bias, conv_stride, act = stage
+                x = tf.nn.conv2d(x, kernel, conv_stride, "VALID")
+                if bias is not None:
+                    x = tf.nn.bias_add(x, bias)
+                if act is not None:
+                    x = act(x)
+            return x[0, :, :, 0]
+
+        fn = tf.function(forward, input_signature=[tf.TensorSpec((1, in_h, in_w, 3), tf.uint8)], autograph=False)
+        fn = fn.get_concrete_function()
+        engines.exact[key] = fn
+        return fn
+
+
+def _windows_function(engines: _ModelEngines, model):
+    """Traced model call on a fixed (256, 32, 32, 3) uint8 batch (cached per model)."""
+    with engines.lock:
+        if engines.windows is not None:
+            return engines.windows
+        tf = _tf()
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+
+        def forward(batch):
+            x = tf.cast(batch, tf.float32) / 255.0
+            y = ref()(x, training=False)
+            return tf.reshape(tf.cast(y, tf.float32), [-1])
+
+        fn = tf.function(
+            forward, input_signature=[tf.TensorSpec((_WINDOW_BATCH, PATCH_SIZE, PATCH_SIZE, 3), tf.uint8)], autograph=False
+        ).get_concrete_function()
+        engines.windows = fn
+        return fn
+
+
+_STATS = {"tiles": 0, "calls": 0}
+"""Counters for tests: tiles evaluated and traced-function calls made (all threads)."""
+
+
+class _ExactEvaluator:
+    def __init__(self, engines: _ModelEngines, image: np.ndarray, plan: HeatmapPlan) -> None:
+        s = plan.stride
+        self.stride = s
+        self.tile_rows, self.tile_cols = plan.tile_rows, plan.tile_cols
+        self.in_h = (self.tile_rows - 1) * s + PATCH_SIZE
+        self.in_w = (self.tile_cols - 1) * s + PATCH_SIZE
+        # Pad bottom/right so every tile reads a full fixed-shape block (one traced shape, no
+        # retracing). Padded windows only feed cells outside the heatmap, which are dropped.
+        need_h = max((rs.start for rs, _ in plan.tiles), default=0) * s + self.in_h
+        need_w = max((cs.start for _, cs in plan.tiles), default=0) * s + self.in_w
+        if need_h > image.shape[0] or need_w > image.shape[1]:
+            padded = np.zeros((max(need_h, image.shape[0]), max(need_w, image.shape[1]), 3), dtype=np.uint8)
+            padded[: image.shape[0], : image.shape[1]] = image
+            image = padded
+        self.image = image
+        self.fn = _exact_function(engines, s, self.in_h, self.in_w)
+
+    def __call__(self, rows: slice, cols: slice) -> np.ndarray:
+        y0, x0 = rows.start * self.stride, cols.start * self.stride
+        block = self.image[None, y0 : y0 + self.in_h, x0 : x0 + self.in_w]
+        _STATS["calls"] += 1
+        out = self.fn(block).numpy()
+        return np.ascontiguousarray(out[: rows.stop - rows.start, : cols.stop - cols.start], dtype=np.float32)
+
+
+class _WindowEvaluator:
+    def __init__(self, engines: _ModelEngines, model, image: np.ndarray, plan: HeatmapPlan) -> None:
+        self.stride = plan.stride
+        self.image = image
+        self.fn = _windows_function(engines, model)
+        self.batch = np.zeros((_WINDOW_BATCH, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
+
+    def __call__(self, rows: slice, cols: slice) -> np.ndarray:
+        s = self.stride
+        n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
+        y0, x0 = rows.start * s, cols.start * s
+        region = self.image[y0 : y0 + (n_r - 1) * s + PATCH_SIZE, x0 : x0 + (n_c - 1) * s + PATCH_SIZE]
+        windows = np.lib.stride_tricks.sliding_window_view(region, (PATCH_SIZE, PATCH_SIZE, 3))[::s, ::s, 0]
+        windows = windows.reshape(n_r * n_c, PATCH_SIZE, PATCH_SIZE, 3)
+        out = np.empty(n_r * n_c, dtype=np.float32)
+        for start in range(0, len(out), _WINDOW_BATCH):
+            chunk = windows[start : start + _WINDOW_BATCH]
+            self.batch[: len(chunk)] = chunk
+            _STATS["calls"] += 1
+            out[start : start + len(chunk)] = self.fn(self.batch).numpy()[: len(chunk)]
+        return out.reshape(n_r, n_c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public engine API
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0-255), got {image.dtype}")
+    if image.shape[0] < PATCH_SIZE or image.shape[1] < PATCH_SIZE:
+        raise InputError(
+            f"image is {image.shape[1]}x{image.shape[0]} px; the heatmap needs at least {PATCH_SIZE}x{PATCH_SIZE} px"
+        )
+    return image
+
+
+def iter_heatmap_tiles(
+    image: np.ndarray,
+    model: keras.Model,
+    stride: int = DEFAULT_STRIDE,
+    *,
+    tile_cells: int | tuple[int, int] | None = None,
+    order_from: tuple[float, float] | None = None,
+    plan: HeatmapPlan | None = None,
+    method: str = "auto",
+) -> Iterator[HeatmapTile]:
+    """Compute a heatmap tile by tile: yields :class:`HeatmapTile` ``(rows, cols, probabilities)``.
+
+    ``image``: (H, W, 3) uint8 (scaled to [0, 1] inside). ``model``: maps 32x32x3 float windows
+    to one probability. Tiles come in the order of ``plan`` (default
+    ``plan_heatmap(H, W, stride, tile_cells=..., order_from=...)``, so ``len()`` of that plan is
+    the number of tiles): outward from the image pixel ``order_from`` if given, else raster.
+    Every cell is yielded exactly once. ``method``: ``"auto"`` (exact fully convolutional pass
+    when possible), ``"fully-convolutional"`` (error if impossible) or ``"windows"``.
+
+    Arguments are checked and the model is analysed when this is called; the tiles themselves
+    are computed lazily, one per ``next()``, in the calling thread. To cancel, stop iterating:
+    no work runs in the background. Keep a reference to the image unchanged while iterating.
+    """
+    image = _check_image(image)
+    stride = _check_stride(stride)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if plan is None:
+        plan = plan_heatmap(image.shape[0], image.shape[1], stride, tile_cells=tile_cells, order_from=order_from)
+    elif (plan.height, plan.width, plan.stride) != (image.shape[0], image.shape[1], stride):
+        raise ValueError("plan was made for a different image size or stride")
+    engines = _engines_for(model)
+    exact_ok = engines.spec is not None and stride % engines.spec.downsample == 0
+    if method == METHOD_EXACT and not exact_ok:
+        why = engines.reason or f"stride {stride} is not a multiple of {engines.spec.downsample}"
+        raise ValueError(f"the fully convolutional pass cannot evaluate this model: {why}")
+    use_exact = exact_ok and method != METHOD_WINDOWS
+    return _generate(engines, model, image, plan, use_exact)
+
+
+def _generate(engines, model, image, plan, use_exact) -> Iterator[HeatmapTile]:
+    if not plan.tiles:
+        return
+    evaluate = _ExactEvaluator(engines, image, plan) if use_exact else _WindowEvaluator(engines, model, image, plan)
+    for rows, cols in plan.tiles:
+        probabilities = evaluate(rows, cols)
+        _STATS["tiles"] += 1
+        yield HeatmapTile(rows, cols, probabilities)
+
+
+def compute_heatmap(
+    image: np.ndarray,
+    model: keras.Model,
+    stride: int = DEFAULT_STRIDE,
+    *,
+    tile_cells: int | tuple[int, int] | None = None,
+    method: str = "auto",
+) -> np.ndarray:
+    """The whole heatmap: float32 ``(rows, cols)``, cell ``(r, c)`` = P(tumour) of the 32x32
+    window with top-left pixel ``(stride*c, stride*r)``. Drains :func:`iter_heatmap_tiles`."""
+    image = _check_image(image)
+    out = np.full(heatmap_shape(image.shape[0], image.shape[1], stride), np.nan, dtype=np.float32)
+    for rows, cols, probabilities in iter_heatmap_tiles(image, model, stride, tile_cells=tile_cells, method=method):
+        out[rows, cols] = probabilities
+    return out
+
+
+def naive_heatmap(image: np.ndarray, model: keras.Model, stride: int = DEFAULT_STRIDE, *, batch_size: int = 256) -> np.ndarray:
+    """Reference: cut out every window and run it through ``model.predict`` (slow; for tests and
+    benchmarks). Works through the windows in chunks so memory stays bounded."""
+    image = _check_image(image)
+    stride = _check_stride(stride)
+    rows, cols = heatmap_shape(image.shape[0], image.shape[1], stride)
+    windows = np.lib.stride_tricks.sliding_window_view(image, (PATCH_SIZE, PATCH_SIZE, 3))[::stride, ::stride, 0]
+    out = np.empty((rows, cols), dtype=np.float32)
+    rows_per_chunk = max(1, 4096 // max(cols, 1))
+    for r in range(0, rows, rows_per_chunk):
+        chunk = windows[r : r + rows_per_chunk].reshape(-1, PATCH_SIZE, PATCH_SIZE, 3).astype(np.float32) / 255
+        pred = model.predict(chunk, batch_size=batch_size, verbose=0)
+        out[r : r + rows_per_chunk] = np.asarray(pred, dtype=np.float32).reshape(-1, cols)
+    return out
+
+
+def warm_up(
+    model: keras.Model,
+    stride: int = DEFAULT_STRIDE,
+    image_shape: tuple[int, int] | None = None,
+    *,
+    tile_cells: int | tuple[int, int] | None = None,
+) -> None:
+    """Prepare the engine so the first real tile comes quickly (call it in a worker after loading
+    the model). Computes one tile of a blank image: with ``image_shape=(H, W)`` that traces the
+    exact tile shape such images use (the first tile then takes only its compute time); without,
+    it starts TensorFlow's runtime on a small image, which removes most of the first-call cost."""
+    height, width = image_shape if image_shape is not None else (2 * PATCH_SIZE, 2 * PATCH_SIZE)
+    blank = np.zeros((max(int(height), PATCH_SIZE), max(int(width), PATCH_SIZE), 3), dtype=np.uint8)
+    tiles = iter_heatmap_tiles(blank, model, stride, tile_cells=tile_cells)
+    next(tiles, None)
+    tiles.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Heatmap files: array + JSON sidecar
+# ---------------------------------------------------------------------------------------------
+
+HEATMAP_FORMATS = {".npy": "npy", ".tif": "tiff", ".tiff": "tiff"}
+SIDECAR_FORMAT = "histoviewer-heatmap"
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar that goes with a heatmap file: ``heat.npy`` -> ``heat.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def heatmap_format(path: str | Path, fmt: str | None = None) -> str:
+    """``"npy"`` or ``"tiff"`` for an output path (from ``fmt`` or else the suffix); raises OutputError."""
+    path = Path(path)
+    by_suffix = HEATMAP_FORMATS.get(path.suffix.lower())
+    if fmt is not None:
+        fmt = {"tif": "tiff"}.get(fmt.lower(), fmt.lower())
+        if fmt not in ("npy", "tiff"):
+            raise OutputError(f"unknown heatmap format {fmt!r}; use npy or tiff", path)
+        if by_suffix is not None and by_suffix != fmt:
+            raise OutputError(f"the file name ends in {path.suffix} but the format is {fmt}", path)
+        return fmt
+    if by_suffix is None:
+        raise OutputError("unknown heatmap file type; use a .npy, .tif or .tiff name (or --format)", path)
+    return by_suffix
+
+
+def check_heatmap_output(path: str | Path, fmt: str | None = None, *, force: bool = False) -> tuple[Path, Path]:
+    """Fail early (before computing) if a heatmap or its sidecar cannot be written; returns both paths."""
+    from viewer.atomic import check_writable
+
+    path = Path(path)
+    heatmap_format(path, fmt)
+    side = sidecar_path(path)
+    if side == path:
+        raise OutputError("the heatmap file cannot be named .json: that name is used by its sidecar", path)
+    return check_writable(path, force=force), check_writable(side, force=force)
+
+
+def heatmap_metadata(
+    heatmap: np.ndarray,
+    *,
+    stride: int,
+    image_shape: Sequence[int],
+    model_path: str | Path | None,
+    image_path: str | Path | None = None,
+    method: str | None = None,
+    heatmap_file: str | None = None,
+) -> dict[str, Any]:
+    """The sidecar contents: geometry, model checksum, program version."""
+    from viewer.model import file_sha256
+
+    stride = _check_stride(stride)
+    height, width = int(image_shape[0]), int(image_shape[1])
+    rows, cols = heatmap.shape
+    finite = np.isfinite(heatmap)
+    x, y, w, h = heatmap_rect(rows, cols, stride)
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "heatmap_file": heatmap_file,
+        "dtype": "float32",
+        "shape": [int(rows), int(cols)],
+        "complete": bool(finite.all()),
+        "nan_means": "not computed",
+        "value": "P(tumour) of the 32x32 window, from the model's sigmoid output",
+        "geometry": {
+            "patch_size": PATCH_SIZE,
+            "stride": stride,
+            "window_centre_offset": WINDOW_CENTRE_OFFSET,
+            "window_top_left": "x = stride*col, y = stride*row",
+            "cell_centre": "x = stride*col + 16, y = stride*row + 16",
+            "draw_rect": [x, y, w, h],
+        },
+        "image": {
+            "width": width,
+            "height": height,
+            "file": None if image_path is None else Path(image_path).name,
+        },
+        "model": {
+            "file": None if model_path is None else Path(model_path).name,
+            "sha256": None if model_path is None else file_sha256(model_path),
+        },
+        "method": method,
+        "program": "histoviewer",
+        "program_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "min": float(heatmap[finite].min()) if finite.any() else None,
+        "max": float(heatmap[finite].max()) if finite.any() else None,
+    }
+
+
+def save_heatmap(
+    heatmap: np.ndarray,
+    path: str | Path,
+    *,
+    stride: int,
+    image_shape: Sequence[int],
+    model_path: str | Path | None,
+    fmt: str | None = None,
+    force: bool = False,
+    image_path: str | Path | None = None,
+    method: str | None = None,
+) -> tuple[Path, Path]:
+    """Write a heatmap (float32 .npy or single-channel float32 TIFF) and its JSON sidecar.
+
+    Both files are written atomically (temporary file + rename; the array is renamed after the
+    sidecar, so a crash never leaves an array without its sidecar). ``fmt`` = ``"npy"``/``"tiff"``
+    or ``None`` (from the suffix). ``image_shape`` = (height, width, ...) of the image.
+    NaN cells (not computed) are kept as NaN and the sidecar says ``"complete": false``.
+    Returns ``(array_path, sidecar_path)``; raises :class:`OutputError` with a one-line message.
+    """
+    from viewer.atomic import atomic_output
+
+    path = Path(path)
+    fmt = heatmap_format(path, fmt)
+    heatmap = np.ascontiguousarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D, got shape {heatmap.shape}")
+    expected = heatmap_shape(image_shape[0], image_shape[1], stride)
+    if heatmap.shape != expected:
+        raise ValueError(f"heatmap shape {heatmap.shape} does not match a {image_shape[1]}x{image_shape[0]} image at stride {stride} {expected}")
+    array_path, side = check_heatmap_output(path, fmt, force=force)
+    meta = heatmap_metadata(
+        heatmap, stride=stride, image_shape=image_shape, model_path=model_path,
+        image_path=image_path, method=method, heatmap_file=path.name,
+    )
+    text = json.dumps(meta, indent=2) + "\n"
+    with atomic_output(array_path, force=force) as tmp_array:
+        if fmt == "npy":
+            with open(tmp_array, "wb") as fh:
+                np.save(fh, heatmap, allow_pickle=False)
+        else:
+            import tifffile
+
+            tifffile.imwrite(
+                tmp_array, heatmap, photometric="minisblack", compression="zlib",
+                description=json.dumps({"histoviewer_heatmap": meta["geometry"]}), metadata=None,
+            )
+        with atomic_output(side, force=force) as tmp_side:
+            tmp_side.write_text(text, encoding="utf-8")
+    return array_path, side
+
+
+def load_heatmap(path: str | Path) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Read a heatmap written by :func:`save_heatmap`: ``(float32 array, sidecar dict or None)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("heatmap file not found", path)
+    fmt = HEATMAP_FORMATS.get(path.suffix.lower())
+    try:
+        if fmt == "npy":
+            array = np.load(path, allow_pickle=False)
+        elif fmt == "tiff":
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            raise InputError("unknown heatmap file type; expected .npy, .tif or .tiff", path)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy/tifffile raise many types
+        raise InputError(f"cannot be read as a heatmap ({type(exc).__name__})", path) from exc
+    if array.ndim != 2:
+        raise InputError(f"is not a 2-D heatmap (shape {array.shape})", path)
+    side = sidecar_path(path)
+    meta = None
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"sidecar {side.name} is not valid JSON", path) from exc
+    return array.astype(np.float32, copy=False), meta
