@@ -1,0 +1,118 @@
+"""Every command of the window as a QAction, and the menus and toolbar that show them.
+
+Actions are created once and shared by menus, toolbar and shortcuts, so enabling or checking
+one updates every place it appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
+
+Key = QKeySequence.StandardKey
+
+
+@dataclass
+class Actions:
+    open: QAction
+    open_annotations: QAction
+    load_model: QAction
+    export_overlay: QAction
+    export_heatmap: QAction
+    close_image: QAction
+    quit: QAction
+    fit: QAction
+    zoom_100: QAction
+    zoom_in: QAction
+    zoom_out: QAction
+    show_image: QAction
+    show_annotations: QAction
+    show_heatmap: QAction
+    run_heatmap: QAction
+    cancel_heatmap: QAction
+    auto_run: QAction
+    about: QAction
+    recent_menu: QMenu
+
+
+def _action(window: QMainWindow, text: str, shortcuts: list | None = None, tip: str = "",
+            icon: QStyle.StandardPixmap | None = None, checkable: bool = False) -> QAction:
+    action = QAction(text, window)
+    if shortcuts:
+        action.setShortcuts([QKeySequence(s) for s in shortcuts])
+    if tip:
+        action.setStatusTip(tip)
+        action.setToolTip(f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
+                          if shortcuts else tip)
+    if icon is not None:
+        action.setIcon(window.style().standardIcon(icon))
+    action.setCheckable(checkable)
+    window.addAction(action)  # shortcuts work even when the menu bar is hidden
+    return action
+
+
+def build_actions(window: QMainWindow) -> Actions:
+    sp = QStyle.StandardPixmap
+    return Actions(
+        open=_action(window, "&Open…", [Key.Open], "Open an image (TIFF, JPEG, PNG)", sp.SP_DialogOpenButton),
+        open_annotations=_action(window, "Open &Annotations…", tip="Load BreCaHAD annotation points (JSON)"),
+        load_model=_action(window, "Load &Model…", tip="Use another Keras model for the heatmap"),
+        export_overlay=_action(window, "&Export Overlay…", ["Ctrl+E"],
+                               "Save the image with the layers as shown, at full resolution", sp.SP_DialogSaveButton),
+        export_heatmap=_action(window, "Export &Heatmap…", tip="Save the heatmap array (.npy) and its geometry (.json)"),
+        close_image=_action(window, "&Close Image", [Key.Close], "Close the image"),
+        quit=_action(window, "&Quit", ["Ctrl+Q"], "Quit HistoViewer"),
+        fit=_action(window, "&Fit to Window", ["F", "Ctrl+0"], "Show the whole image"),
+        zoom_100=_action(window, "&100 %", ["Ctrl+1"], "One image pixel per screen pixel"),
+        zoom_in=_action(window, "Zoom &In", [Key.ZoomIn, "+", "="], "Zoom in"),
+        zoom_out=_action(window, "Zoom &Out", [Key.ZoomOut, "-"], "Zoom out"),
+        show_image=_action(window, "&Image", tip="Show the slide image", checkable=True),
+        show_annotations=_action(window, "&Annotations", ["A"], "Show annotation markers", checkable=True),
+        show_heatmap=_action(window, "&Heatmap", ["H"], "Show the tumour heatmap", checkable=True),
+        run_heatmap=_action(window, "&Run Heatmap", ["Ctrl+R"], "Compute the tumour heatmap", sp.SP_MediaPlay),
+        cancel_heatmap=_action(window, "&Cancel", ["Esc"], "Stop computing the heatmap", sp.SP_MediaStop),
+        auto_run=_action(window, "Run Heatmap on &Open", tip="Start the heatmap whenever an image opens",
+                         checkable=True),
+        about=_action(window, "&About HistoViewer", tip="Version and model card"),
+        recent_menu=QMenu("Open &Recent", window),
+    )
+
+
+def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
+    """Fill the menu bar and create the main toolbar; returns it and the (empty) Panels menu."""
+    bar = window.menuBar()
+    file = bar.addMenu("&File")
+    file.addActions([a.open])
+    file.addMenu(a.recent_menu)
+    file.addActions([a.open_annotations, a.load_model])
+    file.addSeparator()
+    file.addActions([a.export_overlay, a.export_heatmap])
+    file.addSeparator()
+    file.addActions([a.close_image, a.quit])
+    view = bar.addMenu("&View")
+    view.addActions([a.fit, a.zoom_100, a.zoom_in, a.zoom_out])
+    view.addSeparator()
+    view.addActions([a.show_image, a.show_annotations, a.show_heatmap])
+    view.addSeparator()
+    panels = view.addMenu("&Panels")
+    analysis = bar.addMenu("&Analysis")
+    analysis.addActions([a.run_heatmap, a.cancel_heatmap])
+    analysis.addSeparator()
+    analysis.addAction(a.auto_run)
+    help_menu = bar.addMenu("&Help")
+    help_menu.addAction(a.about)
+
+    toolbar = QToolBar("Main toolbar", window)
+    toolbar.setObjectName("main_toolbar")  # saveState() needs a name to restore it
+    toolbar.setMovable(False)
+    toolbar.addActions([a.open, a.export_overlay])
+    toolbar.addSeparator()
+    toolbar.addActions([a.zoom_out, a.fit, a.zoom_100, a.zoom_in])
+    toolbar.addSeparator()
+    toolbar.addActions([a.show_annotations, a.show_heatmap])
+    toolbar.addSeparator()
+    toolbar.addActions([a.run_heatmap, a.cancel_heatmap])
+    window.addToolBar(toolbar)
+    return toolbar, panels

@@ -1,0 +1,85 @@
+"""The Agreement dock: how the heatmap scores each class's annotated points, and its AUC."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from viewer.agreement import AgreementResult
+from viewer.annotations import class_colour, class_label
+from viewer.gui.layers_panel import ring_icon
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+class AgreementPanel(QWidget):
+    export_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["Class", "Points", "Mean p"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setHorizontalHeaderItem(2, QTableWidgetItem("Mean p"))
+        self.table.horizontalHeaderItem(2).setToolTip("Mean heatmap tumour probability at the class's points")
+        self.auc_label = QLabel()
+        self.auc_label.setToolTip(
+            "ROC AUC of the heatmap against the tumour points, with the windows of 'histoviewer evaluate'"
+        )
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.clicked.connect(self.export_requested)
+        row = QHBoxLayout()
+        row.addWidget(self.auc_label, 1)
+        row.addWidget(self.export_button)
+        layout.addWidget(self.message)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(row)
+        self.show_result(None, "Open an image with annotations and run the heatmap to compare them.")
+
+    def show_result(self, result: AgreementResult | None, message: str = "") -> None:
+        """Fill the table from ``result``; with None, explain in ``message`` what is missing."""
+        self.message.setText(message)
+        self.message.setVisible(bool(message))
+        self.export_button.setEnabled(result is not None)
+        self.table.setRowCount(0)
+        if result is None:
+            self.auc_label.setText("")
+            return
+        self.table.setRowCount(len(result.classes))
+        for row, entry in enumerate(result.classes):
+            name = QTableWidgetItem(ring_icon(class_colour(entry.name)), class_label(entry.name))
+            points = QTableWidgetItem(f"{entry.points:,}")
+            mean = QTableWidgetItem(_number(entry.mean_probability))
+            if entry.sampled < entry.points:
+                mean.setToolTip(f"{entry.sampled:,} of {entry.points:,} points lie on computed heatmap cells")
+            for column, item in enumerate((name, points, mean)):
+                if column:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, column, item)
+        self.auc_label.setText(
+            f"AUC vs tumour points: <b>{_number(result.auc)}</b> "
+            f"({result.positive_windows:,} positive, {result.negative_windows:,} negative windows)"
+        )

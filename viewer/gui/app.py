@@ -1,0 +1,56 @@
+"""``histoviewer [IMAGE]``: create the application, show the window, then start the work.
+
+Only Qt, pyqtgraph and superqt are imported before the window appears; TensorFlow is imported
+by the model-loading worker afterwards, so the window shows in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from types import TracebackType
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from viewer import __version__
+from viewer.gui.icon import app_icon
+from viewer.gui.main_window import APP_NAME, MainWindow
+from viewer.gui.settings import APPLICATION, ORGANISATION
+
+
+def create_application(argv: list[str] | None = None) -> QApplication:
+    """The QApplication with names (for QSettings), version and icon set."""
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName(APP_NAME)
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("histoviewer")  # matches packaging/histoviewer.desktop
+    app.setWindowIcon(app_icon())
+    return app
+
+
+def _report_internal_error(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    # An exception in a slot must not vanish (or kill the session): print it and say so.
+    traceback.print_exception(kind, value, tb)
+    if kind is KeyboardInterrupt:
+        QApplication.quit()
+        return
+    first = str(value).splitlines()[0] if str(value) else ""
+    QMessageBox.critical(
+        None, "Internal error",
+        f"{kind.__name__}: {first}\n\nThis is a bug in HistoViewer; the details are printed in the terminal. "
+        "Please report it. Save your work, then restart if the window misbehaves.",
+    )
+
+
+def run_gui(image: str | None = None, *, annotations: str | None = None, model: str | None = None) -> int:
+    """Show the main window, open ``image`` if given, and run until it closes; returns the exit code."""
+    app = create_application()
+    window = MainWindow(model_path=model)
+    window.show()
+    sys.excepthook = _report_internal_error
+    # Start the model load and the file read once the event loop runs, so the window paints first.
+    QTimer.singleShot(0, lambda: window.start(image, annotations))
+    return int(app.exec())

@@ -1,0 +1,41 @@
+"""Reading an image and its annotations, fully, before the window swaps to it.
+
+:func:`read_image` runs in a worker thread and touches no Qt object; whatever it raises
+reaches the user as a message box while the previous image stays on screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from viewer.annotations import Annotations, find_annotations_for, load_annotations
+from viewer.errors import InputError
+from viewer.gui.pyramid import build_pyramid
+from viewer.slide import Slide, open_slide
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedImage:
+    slide: Slide
+    pyramid: tuple[np.ndarray, ...]
+    annotations: Annotations | None
+    annotation_problem: str | None
+    """Why annotations next to the image could not be read (the image still opens)."""
+
+
+def read_image(path: str | Path, annotations_path: str | Path | None = None) -> OpenedImage:
+    """Open ``path`` and its annotations (``annotations_path`` or the BreCaHAD ground truth)."""
+    slide = open_slide(path)
+    pyramid = build_pyramid(slide.pixels)
+    explicit = annotations_path is not None
+    source = Path(annotations_path) if explicit else find_annotations_for(slide.path)
+    annotations, problem = None, None
+    if source is not None:
+        try:
+            annotations = load_annotations(source)
+        except InputError as exc:
+            problem = str(exc)
+    return OpenedImage(slide, pyramid, annotations, problem)

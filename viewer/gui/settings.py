@@ -1,0 +1,123 @@
+"""Persistent user settings (QSettings): recent files, window layout, layer settings.
+
+Always INI format in the user scope, so tests can redirect every read and write into a
+temporary folder with ``QSettings.setPath(IniFormat, UserScope, tmp)`` and a user's settings
+file is a readable text file on every platform.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings
+
+ORGANISATION = "HistoViewer"
+APPLICATION = "HistoViewer"
+MAX_RECENT = 10
+
+
+def qsettings() -> QSettings:
+    """The application's settings store."""
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANISATION, APPLICATION)
+
+
+def _as_bool(value: Any, default: bool) -> bool:
+    # INI files hand booleans back as the strings "true"/"false".
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _as_float(value: Any, default: float, lo: float, hi: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return min(hi, max(lo, number)) if number == number else default
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):  # QSettings returns a bare string for a one-element list
+        return [value] if value else []
+    return [str(v) for v in value]
+
+
+class Settings:
+    """Typed accessors over :func:`qsettings`; every getter survives a hand-edited file."""
+
+    def __init__(self) -> None:
+        self._store = qsettings()
+
+    def sync(self) -> None:
+        self._store.sync()
+
+    # Recent files -----------------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        """Recent images, newest first, with files that no longer exist pruned."""
+        files = [f for f in _as_list(self._store.value("recent/files")) if Path(f).is_file()]
+        return files[:MAX_RECENT]
+
+    def add_recent_file(self, path: str | Path) -> list[str]:
+        path = str(Path(path).resolve())
+        files = [path] + [f for f in self.recent_files() if f != path]
+        self._store.setValue("recent/files", files[:MAX_RECENT])
+        return files[:MAX_RECENT]
+
+    def clear_recent_files(self) -> None:
+        self._store.setValue("recent/files", [])
+
+    # Folders ----------------------------------------------------------------------------
+    def last_folder(self, kind: str) -> str:
+        folder = self._store.value(f"folders/{kind}")
+        return str(folder) if folder and Path(str(folder)).is_dir() else str(Path.home())
+
+    def set_last_folder(self, kind: str, path: str | Path) -> None:
+        path = Path(path)
+        self._store.setValue(f"folders/{kind}", str(path if path.is_dir() else path.parent))
+
+    # Window -----------------------------------------------------------------------------
+    def window_geometry(self) -> QByteArray | None:
+        value = self._store.value("window/geometry")
+        return value if isinstance(value, QByteArray) else None
+
+    def window_state(self) -> QByteArray | None:
+        value = self._store.value("window/state")
+        return value if isinstance(value, QByteArray) else None
+
+    def save_window(self, geometry: QByteArray, state: QByteArray) -> None:
+        self._store.setValue("window/geometry", geometry)
+        self._store.setValue("window/state", state)
+
+    # Behaviour --------------------------------------------------------------------------
+    def auto_run_heatmap(self) -> bool:
+        return _as_bool(self._store.value("heatmap/auto_run"), True)
+
+    def set_auto_run_heatmap(self, on: bool) -> None:
+        self._store.setValue("heatmap/auto_run", bool(on))
+
+    # Layers -----------------------------------------------------------------------------
+    def layer_values(self) -> dict[str, Any]:
+        """Saved layer settings, validated; missing keys are simply absent."""
+        s = self._store
+        out: dict[str, Any] = {}
+        for key in ("show_image", "show_annotations", "show_heatmap"):
+            if s.contains(f"layers/{key}"):
+                out[key] = _as_bool(s.value(f"layers/{key}"), True)
+        if s.contains("layers/opacity"):
+            out["opacity"] = _as_float(s.value("layers/opacity"), 0.45, 0.0, 1.0)
+        if s.contains("layers/threshold"):
+            out["threshold"] = _as_float(s.value("layers/threshold"), 0.0, 0.0, 1.0)
+        if s.contains("layers/colormap"):
+            out["colormap"] = str(s.value("layers/colormap"))
+        if s.contains("layers/hidden_classes"):
+            out["hidden_classes"] = _as_list(s.value("layers/hidden_classes"))
+        return out
+
+    def save_layer_values(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self._store.setValue(f"layers/{key}", value)

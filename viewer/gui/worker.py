@@ -1,0 +1,195 @@
+"""Background work: loading the model and running the heatmap, through superqt workers.
+
+Workers only compute and emit data; slots here run on the main thread and drop anything that
+belongs to a request that is no longer current (another image, model or run), so a stale tile
+is never painted. Each request is an immutable value captured on the main thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, QThreadPool, Signal
+from superqt.utils import FunctionWorker, GeneratorWorker, create_worker
+
+from viewer.errors import InputError
+from viewer.slide import Slide
+
+_generations = itertools.count(1)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a message box: the InputError text, or the type and first line of a bug."""
+    if isinstance(exc, InputError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"Internal error: {type(exc).__name__}{': ' + text if text else ''} (please report it)"
+
+
+def ensure_thread_capacity(minimum: int = 6) -> None:
+    """superqt uses the global pool, sized to the core count (2 here). Opening a file must not
+    queue behind a running heatmap and a loading model, so allow a few more threads."""
+    pool = QThreadPool.globalInstance()
+    pool.setMaxThreadCount(max(pool.maxThreadCount(), minimum))
+
+
+def run_in_background(
+    func: Callable[..., Any],
+    *args: Any,
+    on_result: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+) -> FunctionWorker:
+    """Run ``func(*args)`` in a worker thread; the callbacks run on the main thread."""
+    worker: FunctionWorker = create_worker(func, *args, _start_thread=False)
+    worker.returned.connect(on_result)
+    worker.errored.connect(on_error)
+    worker.start()
+    return worker
+
+
+class ModelLoader(QObject):
+    """Loads a Keras model off the main thread (importing TensorFlow alone takes seconds)."""
+
+    loaded = Signal(object, object)  # model, path (None = bundled)
+    failed = Signal(str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._generation = 0
+        self.loading = False
+
+    def load(self, path: str | None) -> None:
+        """Start loading ``path`` (None = bundled); a later call supersedes an earlier one."""
+        self._generation = generation = next(_generations)
+        self.loading = True
+        run_in_background(
+            _load_model, path,
+            on_result=partial(self._on_loaded, generation, path),
+            on_error=partial(self._on_failed, generation),
+        )
+
+    def discard(self) -> None:
+        """Forget the load in progress: its result will be dropped (the window is closing)."""
+        self._generation = next(_generations)
+        self.loading = False
+
+    def _on_loaded(self, generation: int, path: str | None, model: Any) -> None:
+        if generation == self._generation:
+            self.loading = False
+            self.loaded.emit(model, path)
+
+    def _on_failed(self, generation: int, exc: BaseException) -> None:
+        if generation == self._generation:
+            self.loading = False
+            self.failed.emit(describe_error(exc))
+
+
+def _load_model(path: str | None) -> Any:
+    from viewer.model import load_model  # imports Keras/TensorFlow: worker thread only
+
+    return load_model(path)
+
+
+@dataclass(frozen=True, eq=False)
+class HeatmapRequest:
+    """Everything a run depends on, fixed when it starts."""
+
+    generation: int
+    slide: Slide
+    model: Any
+    model_path: str | None
+    stride: int
+    order_from: tuple[float, float] | None
+
+
+class HeatmapRunner(QObject):
+    """Runs ``iter_heatmap_tiles`` for one request at a time; emits only current tiles."""
+
+    tile_ready = Signal(object, object, object, object)  # request, row slice, col slice, probabilities
+    finished = Signal(object, bool)  # request, completed (False = cancelled)
+    failed = Signal(object, str)  # request, one-line message
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._current: HeatmapRequest | None = None
+        self._cancel: threading.Event | None = None
+        self._worker: GeneratorWorker | None = None
+
+    @property
+    def current(self) -> HeatmapRequest | None:
+        return self._current
+
+    def is_running(self) -> bool:
+        return self._current is not None
+
+    def start(
+        self, slide: Slide, model: Any, model_path: str | None, stride: int,
+        order_from: tuple[float, float] | None,
+    ) -> HeatmapRequest:
+        self.cancel()
+        request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from)
+        cancel = threading.Event()
+        worker: GeneratorWorker = create_worker(_heatmap_tiles, request, cancel, _start_thread=False)
+        worker.yielded.connect(partial(self._on_tile, request))
+        worker.returned.connect(partial(self._on_done, request))
+        worker.errored.connect(partial(self._on_error, request))
+        self._current, self._cancel, self._worker = request, cancel, worker
+        worker.start()
+        return request
+
+    def cancel(self) -> bool:
+        """Stop the current run; returns True if one was running. Tiles still queued for the
+        main thread are dropped because the request stops being current right here."""
+        request, self._current = self._current, None
+        if self._cancel is not None:
+            self._cancel.set()
+        if self._worker is not None:
+            self._worker.quit()
+        self._cancel = self._worker = None
+        if request is not None:
+            self.finished.emit(request, False)
+        return request is not None
+
+    def _on_tile(self, request: HeatmapRequest, tile: tuple[slice, slice, np.ndarray]) -> None:
+        if request is self._current:
+            rows, cols, probabilities = tile
+            self.tile_ready.emit(request, rows, cols, probabilities)
+
+    def _on_done(self, request: HeatmapRequest, _result: object) -> None:
+        if request is self._current:
+            self._current = self._cancel = self._worker = None
+            self.finished.emit(request, True)
+
+    def _on_error(self, request: HeatmapRequest, exc: BaseException) -> None:
+        if request is self._current:
+            self._current = self._cancel = self._worker = None
+            self.failed.emit(request, describe_error(exc))
+
+
+def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator[tuple[slice, slice, np.ndarray]]:
+    """Worker-thread generator: the engine's tiles until done or cancelled."""
+    from viewer.heatmap import iter_heatmap_tiles
+
+    tiles = iter_heatmap_tiles(
+        request.slide.pixels, request.model, stride=request.stride, order_from=request.order_from
+    )
+    try:
+        for tile in tiles:
+            if cancel.is_set():
+                return
+            yield tile
+            if cancel.is_set():
+                return
+    finally:
+        tiles.close()  # stop the engine now, in this thread, not whenever it is collected
+
+
+def wait_for_workers(msecs: int = -1) -> bool:
+    """Block until every background thread has finished (used when the window closes)."""
+    return QThreadPool.globalInstance().waitForDone(msecs)
