@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="non-tumour windows per tumour point per epoch (default 1)")
     parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
     parser.add_argument("--jitter", type=float, default=6.0, help="max offset (px) of tumour window centres from the point (default 6)")
+    parser.add_argument("--colour-jitter", type=float, default=1.0, metavar="S", help="strength of the colour/stain jitter, 0 = off (default 1: gains +-6%%, offsets +-0.03, contrast +-10%%)")
     parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
     parser.add_argument("--no-heatmap", action="store_true", help="skip the held-out heatmap AUC at the end (faster)")
     parser.add_argument("--metrics-out", default=None, metavar="JSON", help="metrics file (default MODEL.metrics.json)")
@@ -66,9 +67,11 @@ def run(args) -> int:
         hard_fraction=args.hard_fraction,
         jitter=args.jitter,
         augment=not args.no_augment,
+        colour_strength=args.colour_jitter,
     )
     progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    command = "histoviewer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    argv = sys.argv[1:]
+    command = "histoviewer " + " ".join(shlex.quote(a) for a in argv[argv.index("train"):]) if "train" in argv else None
     metrics = run_training(
         args.data, args.out, config,
         metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
