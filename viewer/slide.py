@@ -9,7 +9,12 @@ uint8 array, because that is what the display (pyqtgraph's fast path), the ConvN
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
+import stat
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +61,34 @@ class Slide:
         return int(self.pixels.shape[1])
 
 
+MAX_CHANNELS = 16
+"""Images with more samples per pixel than this are refused before decoding (RGB(A) has 3-4)."""
+
+
 def max_pixels_setting() -> int:
-    """The configured pixel limit (``HISTOVIEWER_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`)."""
-    raw = os.environ.get("HISTOVIEWER_MAX_PIXELS", "")
+    """The configured pixel limit (``HISTOVIEWER_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`).
+
+    Accepts whole numbers written as ``400000000``, ``400_000_000`` or ``4e8``. A value that is
+    not a positive whole number raises :class:`ImageError` instead of being silently ignored:
+    a user who raised the limit must not be refused with the default one.
+    """
+    raw = os.environ.get("HISTOVIEWER_MAX_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
     try:
         value = int(raw)
     except ValueError:
-        return DEFAULT_MAX_PIXELS
-    return value if value > 0 else DEFAULT_MAX_PIXELS
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        value = int(number) if math.isfinite(number) and number == int(number) else 0
+    if value <= 0:
+        raise ImageError(
+            f"HISTOVIEWER_MAX_PIXELS={raw[:40]!r} is not a positive whole number of pixels "
+            f"(for example {DEFAULT_MAX_PIXELS})"
+        )
+    return value
 
 
 def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
@@ -72,20 +97,31 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
     Raises :class:`ImageError` with a one-line message for anything that cannot be shown.
     """
     path = Path(path)
-    limit = max_pixels_setting() if max_pixels is None else int(max_pixels)
+    if max_pixels is None:
+        limit = max_pixels_setting()
+    else:
+        limit = int(max_pixels)
+        if limit <= 0:
+            raise ValueError(f"max_pixels must be positive, not {max_pixels!r}")
     head = _read_head(path)
     notes: list[str] = []
     try:
         if head.startswith(_TIFF_MAGIC):
             pixels = _read_tiff(path, limit, notes)
         elif head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC):
-            pixels = _read_with_pillow(path, limit, notes)
+            pixels = _read_with_pillow(path, head, limit, notes)
         else:
-            raise ImageError("is not a TIFF, JPEG or PNG image (unrecognised file header)", path)
+            raise ImageError(f"is not a TIFF, JPEG or PNG image ({_sniff(head)})", path)
     except ImageError:
         raise
     except MemoryError as exc:
         raise ImageError("is too large to fit in memory", path) from exc
+    except RecursionError as exc:
+        raise ImageError("is corrupt: its structure is nested or looped too deeply to read", path) from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a read error from the OS, not a codec complaining
+            raise ImageError(f"cannot be read ({_os_reason(exc)})", path) from exc
+        raise ImageError(f"is corrupt or truncated and cannot be decoded ({_describe(exc)})", path) from exc
     except Exception as exc:  # codec and parser errors come in many types
         raise ImageError(f"is corrupt or truncated and cannot be decoded ({_describe(exc)})", path) from exc
     rgb = to_rgb_uint8(pixels, path, notes)
@@ -102,32 +138,146 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
 
 
 def _read_head(path: Path) -> bytes:
-    if not path.exists():
-        raise ImageError("file not found", path)
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError("file not found", path) from None
+    except NotADirectoryError:
+        raise ImageError("file not found (a parent of it is a file, not a folder)", path) from None
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise ImageError(f"is not a valid file name ({exc})", path) from None
+    except OSError as exc:  # name too long, symlink loop, permission denied on a parent...
+        raise ImageError(f"cannot be opened ({_os_reason(exc)})", path) from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError("is a folder, not an image file", path)
+    if not stat.S_ISREG(st.st_mode):
+        # FIFOs block and devices never end: only regular files are images.
+        raise ImageError("is not a regular file (a device, pipe or socket), not an image file", path)
+    if st.st_size == 0:
+        raise ImageError("is empty (0 bytes)", path)
+    if not os.access(path, os.R_OK):
+        raise ImageError("cannot be read (permission denied)", path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
-    except PermissionError as exc:
-        raise ImageError("cannot be read (permission denied)", path) from exc
+    except PermissionError:
+        raise ImageError("cannot be read (permission denied)", path) from None
     except OSError as exc:
-        raise ImageError(f"cannot be read ({exc.strerror or exc})", path) from exc
+        raise ImageError(f"cannot be read ({_os_reason(exc)})", path) from None
     if not head:
         raise ImageError("is empty (0 bytes)", path)
     return head
 
 
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EACCES or isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+
+
+def _sniff(head: bytes) -> str:
+    """Say what a file that is not an image looks like, so the message helps."""
+    known = (
+        (b"%PDF", "it is a PDF document"),
+        (b"PK\x03\x04", "it is a zip archive"),
+        (b"GIF8", "it is a GIF image; convert it to PNG or TIFF"),
+        (b"BM", "it is a BMP image; convert it to PNG or TIFF"),
+        (b"\x89HDF", "it is an HDF5 file"),
+        (b"\x93NUMPY", "it is a NumPy array file"),
+    )
+    for magic, what in known:
+        if head.startswith(magic):
+            return what
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "it is a WebP image; convert it to PNG or TIFF"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text[:1] in (b"{", b"["):
+        return "it looks like JSON text; annotation files go in the annotations option"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "it looks like a text file"
+    return "unrecognised file header"
+
+
 def _check_size(path: Path, width: int, height: int, limit: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"declares an empty image ({width}x{height} px)", path)
     if width * height > limit:
         raise ImageError(
-            f"is {width}x{height} px ({width * height / 1e6:.0f} megapixels), above the limit of "
-            f"{limit / 1e6:.0f} megapixels; raise HISTOVIEWER_MAX_PIXELS to open it",
+            f"is {width}x{height} px ({_pixels_text(width * height)}), above the limit of "
+            f"{_pixels_text(limit)}; raise HISTOVIEWER_MAX_PIXELS to open it",
             path,
         )
 
 
+def _pixels_text(count: int) -> str:
+    if count >= 10_000_000:
+        return f"{count / 1e6:.0f} megapixels"
+    if count >= 100_000:
+        return f"{count / 1e6:.1f} megapixels"
+    return f"{count} pixels"
+
+
+def _check_channels(path: Path, channels: int, itemsize: int, width: int, height: int, limit: int) -> None:
+    """Refuse, from the header alone, pixel layouts that would need a huge decode buffer."""
+    if channels > MAX_CHANNELS:
+        raise ImageError(f"has {channels} samples per pixel; expected grey, RGB or RGBA", path)
+    # RGBA float64 is the largest layout to_rgb_uint8 accepts: 32 bytes per pixel.
+    if width * height * channels * itemsize > limit * 32:
+        raise ImageError(
+            f"needs {width * height * channels * itemsize / 1e9:.1f} GB to decode, above what the "
+            "pixel limit allows; raise HISTOVIEWER_MAX_PIXELS to open it",
+            path,
+        )
+
+
+class _LogCollector(logging.Handler):
+    """Collects tifffile's log records per thread instead of letting them reach stderr.
+
+    tifffile *logs* (rather than raises) when it skips damaged tags; left alone, Python's
+    last-resort handler would print them, breaking the CLI's one-line error contract. While a
+    thread reads a TIFF the records are collected and summarised in the slide's notes; records
+    from other threads (tifffile's decode pool) are dropped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bucket = getattr(self._local, "records", None)
+        if bucket is not None and len(bucket) < 100:
+            try:
+                bucket.append(record.getMessage())
+            except Exception:  # pragma: no cover - a malformed record must not break reading
+                bucket.append(str(record.msg))
+
+    def start(self) -> list[str]:
+        self._local.records = []
+        return self._local.records
+
+    def stop(self) -> None:
+        self._local.records = None
+
+
+_TIFF_LOG = _LogCollector()
+logging.getLogger("tifffile").addHandler(_TIFF_LOG)
+
+
 def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
+    records = _TIFF_LOG.start()
+    try:
+        data, axes = _read_tiff_first_plane(path, limit, notes)
+    finally:
+        _TIFF_LOG.stop()
+    if records:
+        notes.append(
+            f"the file has {len(records)} damaged or unusual TIFF tag(s) that were ignored "
+            f"(first: {_one_line(records[0])})"
+        )
+    return _first_plane(data, axes, notes)
+
+
+def _read_tiff_first_plane(path: Path, limit: int, notes: list[str]) -> tuple[np.ndarray, str]:
     import tifffile
 
     with warnings.catch_warnings():
@@ -136,7 +286,7 @@ def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
         warnings.simplefilter("ignore")
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
-                raise ImageError("contains no image data", path)
+                raise ImageError("contains no image data (no readable image in the TIFF structure)", path)
             series = tif.series[0]
             axes = series.axes
             shape = tuple(int(n) for n in series.shape)
@@ -146,16 +296,22 @@ def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
             _check_size(path, width, height, limit)
             if len(tif.series) > 1:
                 notes.append(f"file holds {len(tif.series)} image series; showing the first")
-            _check_not_truncated(tif, series, path)
             pages = len(series.pages)
+            first = series.pages[0] if pages else None
+            if first is None:
+                raise ImageError("contains no image data (no readable image in the TIFF structure)", path)
+            page_shape = tuple(int(n) for n in first.shape)
+            page_axes = first.axes
+            channels = page_shape[page_axes.index("S")] if "S" in page_axes else 1
+            others = int(np.prod([n for a, n in zip(page_axes, page_shape) if a not in "YXS"], dtype=np.int64))
+            itemsize = np.dtype(first.dtype).itemsize if first.dtype is not None else 8
+            _check_channels(path, channels * max(others, 1), itemsize, width, height, limit)
+            _check_not_truncated(tif, series, path)
             if pages > 1:
                 # Read only the first page: a 1000-page stack must not be loaded whole.
                 notes.append(f"multi-page image ({pages} pages); showing the first")
-                first = series.pages[0]
-                data, axes = first.asarray(), first.axes
-            else:
-                data = series.asarray()
-    return _first_plane(data, axes, notes)
+                return first.asarray(), first.axes
+            return series.asarray(), axes
 
 
 def _check_not_truncated(tif, series, path: Path) -> None:
@@ -193,23 +349,33 @@ def _first_plane(data: np.ndarray, axes: str, notes: list[str]) -> np.ndarray:
 _AXIS_NAMES = {"I": "pages", "Z": "z-planes", "T": "time points", "C": "channels", "Q": "planes", "R": "levels"}
 
 
-def _read_with_pillow(path: Path, limit: int, notes: list[str]) -> np.ndarray:
-    from PIL import Image
+def _read_with_pillow(path: Path, head: bytes, limit: int, notes: list[str]) -> np.ndarray:
+    # The format plugins are used directly rather than Image.open(): Image.open applies
+    # Pillow's own decompression-bomb limit (~179 megapixels, and a warning printed to stderr
+    # above ~89), which would override HISTOVIEWER_MAX_PIXELS. _check_size below is the limit.
+    from PIL import JpegImagePlugin, PngImagePlugin
 
-    with Image.open(path) as img:
-        width, height = img.size
-        _check_size(path, width, height, limit)
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:
-            notes.append(f"animated image with {frames} frames; showing the first")
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            return np.asarray(img)
-        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
-            return np.asarray(img.convert("RGBA"))
-        if img.mode in ("L", "1"):
-            return np.asarray(img.convert("L"))
-        return np.asarray(img.convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if head.startswith(_PNG_MAGIC):
+            img = PngImagePlugin.PngImageFile(os.fspath(path))
+        else:
+            img = JpegImagePlugin.jpeg_factory(os.fspath(path))
+        with img:
+            width, height = img.size
+            _check_size(path, width, height, limit)
+            _check_channels(path, len(img.getbands()), 4, width, height, limit)
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"multi-frame image with {frames} frames; showing the first")
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return np.asarray(img)
+            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+                return np.asarray(img.convert("RGBA"))
+            if img.mode in ("L", "1"):
+                return np.asarray(img.convert("L"))
+            return np.asarray(img.convert("RGB"))
 
 
 def to_rgb_uint8(pixels: np.ndarray, path: str | Path, notes: list[str] | None = None) -> np.ndarray:
@@ -279,6 +445,11 @@ def _to_uint8(arr: np.ndarray, path: str | Path, notes: list[str]) -> np.ndarray
     raise ImageError(f"has unsupported pixel type {arr.dtype}", path)
 
 
+def _one_line(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _one_line(str(exc))
     return f"{type(exc).__name__}: {text}"[:160] if text else type(exc).__name__
