@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
 
+from viewer.gui.icon import toolbar_icon
+
 Key = QKeySequence.StandardKey
 
 
@@ -21,6 +23,7 @@ class Actions:
     load_model: QAction
     export_overlay: QAction
     export_heatmap: QAction
+    export_legend: QAction
     close_image: QAction
     quit: QAction
     fit: QAction
@@ -38,7 +41,7 @@ class Actions:
 
 
 def _action(window: QMainWindow, text: str, shortcuts: list | None = None, tip: str = "",
-            icon: QStyle.StandardPixmap | None = None, checkable: bool = False) -> QAction:
+            icon: QStyle.StandardPixmap | str | None = None, checkable: bool = False) -> QAction:
     action = QAction(text, window)
     if shortcuts:
         action.setShortcuts([QKeySequence(s) for s in shortcuts])
@@ -46,7 +49,9 @@ def _action(window: QMainWindow, text: str, shortcuts: list | None = None, tip: 
         action.setStatusTip(tip)
         action.setToolTip(f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
                           if shortcuts else tip)
-    if icon is not None:
+    if isinstance(icon, str):
+        action.setIcon(toolbar_icon(icon))
+    elif icon is not None:
         action.setIcon(window.style().standardIcon(icon))
     action.setCheckable(checkable)
     window.addAction(action)  # shortcuts work even when the menu bar is hidden
@@ -64,13 +69,16 @@ def build_actions(window: QMainWindow) -> Actions:
         export_heatmap=_action(window, "Export &Heatmap…", tip="Save the heatmap array (.npy) and its geometry (.json)"),
         close_image=_action(window, "&Close Image", [Key.Close], "Close the image"),
         quit=_action(window, "&Quit", ["Ctrl+Q"], "Quit HistoViewer"),
-        fit=_action(window, "&Fit to Window", ["F", "Ctrl+0"], "Show the whole image"),
-        zoom_100=_action(window, "&100 %", ["Ctrl+1"], "One image pixel per screen pixel"),
-        zoom_in=_action(window, "Zoom &In", [Key.ZoomIn, "+", "="], "Zoom in"),
-        zoom_out=_action(window, "Zoom &Out", [Key.ZoomOut, "-"], "Zoom out"),
-        show_image=_action(window, "&Image", tip="Show the slide image", checkable=True),
-        show_annotations=_action(window, "&Annotations", ["A"], "Show annotation markers", checkable=True),
-        show_heatmap=_action(window, "&Heatmap", ["H"], "Show the tumour heatmap", checkable=True),
+        export_legend=_action(window, "Add &Legend to Exported Overlays",
+                              tip="Exported overlays get a legend panel (colour bar and classes) on the right",
+                              checkable=True),
+        fit=_action(window, "&Fit to Window", ["F", "Ctrl+0"], "Show the whole image", "fit"),
+        zoom_100=_action(window, "&100 %", ["Ctrl+1"], "One image pixel per screen pixel", "actual"),
+        zoom_in=_action(window, "Zoom &In", [Key.ZoomIn, "+", "="], "Zoom in", "zoom_in"),
+        zoom_out=_action(window, "Zoom &Out", [Key.ZoomOut, "-"], "Zoom out", "zoom_out"),
+        show_image=_action(window, "&Image", tip="Show the slide image (exports always include it)", checkable=True),
+        show_annotations=_action(window, "&Annotations", ["A"], "Show annotation markers", "annotations", True),
+        show_heatmap=_action(window, "&Heatmap", ["H"], "Show the tumour heatmap", "heatmap", True),
         run_heatmap=_action(window, "&Run Heatmap", ["Ctrl+R"], "Compute the tumour heatmap", sp.SP_MediaPlay),
         cancel_heatmap=_action(window, "&Cancel", ["Esc"], "Stop computing the heatmap", sp.SP_MediaStop),
         auto_run=_action(window, "Run Heatmap on &Open", tip="Start the heatmap whenever an image opens",
@@ -88,7 +96,7 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     file.addMenu(a.recent_menu)
     file.addActions([a.open_annotations, a.load_model])
     file.addSeparator()
-    file.addActions([a.export_overlay, a.export_heatmap])
+    file.addActions([a.export_overlay, a.export_heatmap, a.export_legend])
     file.addSeparator()
     file.addActions([a.close_image, a.quit])
     view = bar.addMenu("&View")

@@ -43,9 +43,10 @@ class AgreementPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in (1, 2):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setHorizontalHeaderItem(2, QTableWidgetItem("Mean p"))
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.horizontalHeaderItem(2).setToolTip("Mean heatmap tumour probability at the class's points")
         self.auc_label = QLabel()
+        self.auc_label.setWordWrap(True)  # never let this line widen the dock
         self.auc_label.setToolTip(
             "ROC AUC of the heatmap against the tumour points, with the windows of 'histoviewer evaluate'"
         )
@@ -68,8 +69,10 @@ class AgreementPanel(QWidget):
         if result is None:
             self.auc_label.setText("")
             return
-        self.table.setRowCount(len(result.classes))
-        for row, entry in enumerate(result.classes):
+        # Classes without points have nothing to compare; the Layers legend still lists them.
+        rows = [entry for entry in result.classes if entry.points]
+        self.table.setRowCount(len(rows))
+        for row, entry in enumerate(rows):
             name = QTableWidgetItem(ring_icon(class_colour(entry.name)), class_label(entry.name))
             points = QTableWidgetItem(f"{entry.points:,}")
             mean = QTableWidgetItem(_number(entry.mean_probability))
@@ -80,6 +83,6 @@ class AgreementPanel(QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
         self.auc_label.setText(
-            f"AUC vs tumour points: <b>{_number(result.auc)}</b> "
-            f"({result.positive_windows:,} positive, {result.negative_windows:,} negative windows)"
+            f"AUC vs tumour points: <b>{_number(result.auc)}</b><br>"
+            f"<small>{result.positive_windows:,} positive, {result.negative_windows:,} negative windows</small>"
         )

@@ -25,11 +25,16 @@ def write_overlay(
 
 
 def write_heatmap(
-    heatmap: np.ndarray, path: Path, stride: int, image_shape: tuple[int, ...],
+    heatmap: np.ndarray, path: Path, stride: int, image_shape: tuple[int, ...], image_path: Path,
     model_path: str | None, force: bool,
 ) -> Path:
-    """Save the heatmap array and its JSON geometry sidecar; returns the array's path."""
+    """Save the heatmap (.npy or float TIFF, by suffix) and its JSON sidecar; returns the array's path."""
     from viewer.heatmap import save_heatmap
+    from viewer.model import bundled_model_path
 
-    save_heatmap(heatmap, path, stride=stride, image_shape=image_shape, model_path=model_path, force=force)
-    return path
+    array_path, _sidecar = save_heatmap(
+        heatmap, path, stride=stride, image_shape=image_shape, image_path=image_path,
+        # The sidecar records the model's SHA-256, so name the bundled file explicitly.
+        model_path=model_path if model_path else bundled_model_path(), force=force,
+    )
+    return array_path

@@ -12,8 +12,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF
 
-from viewer import PATCH_SIZE
 from viewer.colormaps import colour_index
+from viewer.heatmap import heatmap_rect
 from viewer.gui.canvas import Z_HEATMAP, Canvas
 
 
@@ -24,13 +24,6 @@ def colour_cells(probs: np.ndarray, lut: np.ndarray, threshold: float) -> np.nda
     with np.errstate(invalid="ignore"):
         rgba[..., 3] = np.where(probs >= threshold, 255, 0)  # NaN compares False: transparent
     return rgba
-
-
-def heatmap_rect(shape: tuple[int, int], stride: int) -> QRectF:
-    """Image-pixel rectangle covered by a heatmap: cell (r, c) is a stride x stride square
-    centred on its window centre (stride*c + 16, stride*r + 16)."""
-    origin = PATCH_SIZE / 2 - stride / 2
-    return QRectF(origin, origin, shape[1] * stride, shape[0] * stride)
 
 
 class HeatmapLayer:
@@ -53,7 +46,8 @@ class HeatmapLayer:
             return
         self._rgba = colour_cells(probs, self._lut, self._threshold)
         self.item.setImage(self._rgba, autoLevels=False, levels=None)
-        self.item.setRect(heatmap_rect(probs.shape, stride))
+        # Cell (r, c) is a stride-wide square centred on its window centre (core geometry).
+        self.item.setRect(QRectF(*heatmap_rect(probs.shape[0], probs.shape[1], stride)))
 
     def update_cells(self, rows: slice, cols: slice) -> None:
         """Recolour one tile after its probabilities were written into the array."""

@@ -24,18 +24,24 @@ class LayerState:
     show_heatmap: bool = True
     opacity: float = _CORE_DEFAULTS.opacity
     colormap: str = DEFAULT_COLORMAP
-    threshold: float = _CORE_DEFAULTS.threshold
+    threshold: float = 0.5
+    """The GUI starts by drawing likely tumour only (p >= 0.5), so the tissue stays readable;
+    exports take whatever is set, and 0 shows every cell as `histoviewer export` does by default."""
 
-    def overlay_style(self, classes: Iterable[str], stride: int) -> OverlayStyle:
+    def overlay_style(self, classes: Iterable[str], stride: int, legend: bool = False) -> OverlayStyle:
         """The core style that renders this state (classes = all classes of the annotations)."""
+        classes = tuple(classes)
+        visible = tuple(c for c in classes if c not in self.hidden_classes)
         return replace(
             _CORE_DEFAULTS,
+            legend=legend,
             show_heatmap=self.show_heatmap,
             show_annotations=self.show_annotations,
             opacity=self.opacity,
             colormap=self.colormap,
             threshold=self.threshold,
-            visible_classes=tuple(c for c in classes if c not in self.hidden_classes),
+            # None = every class, exactly what `histoviewer export` draws.
+            visible_classes=None if len(visible) == len(classes) else visible,
             stride=stride,
         )
 

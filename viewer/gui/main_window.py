@@ -35,6 +35,7 @@ from viewer.gui.layers_panel import LayersPanel
 from viewer.gui.placeholder import Placeholder
 from viewer.gui.settings import Settings
 from viewer.gui.status import StatusBar
+from viewer.heatmap import blank_heatmap, pixel_to_cell
 from viewer.gui.worker import (
     HeatmapRequest,
     HeatmapRunner,
@@ -72,7 +73,7 @@ class MainWindow(QMainWindow):
         self.heatmap_complete = False
         self.heatmap_stride = DEFAULT_STRIDE
         self.model: object | None = None
-        self.model_path = model_path
+        self.model_path = model_path or None
         self._model_problem: str | None = None
         self._run_when_model_ready = False
         self._open_generation = 0
@@ -93,20 +94,24 @@ class MainWindow(QMainWindow):
         self.setStatusBar(self.status)
         self.actions = build_actions(self)
         self.toolbar, panels_menu = build_menus(self, self.actions)
-        for title, name, widget, area in (
-            ("Layers", "layers_dock", self.layers_panel, Qt.DockWidgetArea.RightDockWidgetArea),
-            ("Agreement", "agreement_dock", self.agreement_panel, Qt.DockWidgetArea.RightDockWidgetArea),
-        ):
+        docks = []
+        for title, name, widget in (("Layers", "layers_dock", self.layers_panel),
+                                    ("Agreement", "agreement_dock", self.agreement_panel)):
             dock = QDockWidget(title, self)
             dock.setObjectName(name)  # saveState()/restoreState() identify docks by name
             dock.setWidget(widget)
-            self.addDockWidget(area, dock)
+            self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
             panels_menu.addAction(dock.toggleViewAction())
+            docks.append(dock)
+        # Give the image most of the width; a saved layout (restored below) overrides this.
+        self.resizeDocks(docks, [300, 300], Qt.Orientation.Horizontal)
+        self.resizeDocks(docks, [520, 260], Qt.Orientation.Vertical)
 
         self.model_loader = ModelLoader(self)
         self.runner = HeatmapRunner(self)
         self._connect()
         self.actions.auto_run.setChecked(self.settings.auto_run_heatmap())
+        self.actions.export_legend.setChecked(self.settings.export_legend())
         self._apply_layers(self.layers_panel.state, save=False)
         self._restore_window()
         self._update_actions()
@@ -138,6 +143,7 @@ class MainWindow(QMainWindow):
         a.run_heatmap.triggered.connect(self.run_heatmap)
         a.cancel_heatmap.triggered.connect(self.cancel_heatmap)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
+        a.export_legend.toggled.connect(self.settings.set_export_legend)
         a.about.triggered.connect(lambda: AboutDialog(self.model_path, self).exec())
         self.placeholder.open_requested.connect(self.choose_image)
         self.layers_panel.changed.connect(self._apply_layers)
@@ -315,11 +321,9 @@ class MainWindow(QMainWindow):
             dialogs.warn(self, "No model", f"{self._model_problem or 'No model is loaded'}. "
                          "Use File › Load Model… to choose a Keras model file.")
             return
-        from viewer.heatmap import heatmap_shape
-
         slide = self.opened.slide
         self.heatmap_stride = DEFAULT_STRIDE
-        self.heatmap = np.full(heatmap_shape(slide.height, slide.width, self.heatmap_stride), np.nan, np.float32)
+        self.heatmap = blank_heatmap(slide.height, slide.width, self.heatmap_stride)
         self.heatmap_complete = False
         self._cells_done = 0
         self.heatmap_layer.set_heatmap(self.heatmap, self.heatmap_stride)
@@ -419,22 +423,23 @@ class MainWindow(QMainWindow):
         if target is None:
             return
         classes = self.annotations.classes if self.annotations else ()
-        style = self.layers_panel.state.overlay_style(classes, self.heatmap_stride)
+        style = self.layers_panel.state.overlay_style(classes, self.heatmap_stride, self.actions.export_legend.isChecked())
         # Snapshot the heatmap: tiles may still be arriving while the export runs.
         heatmap = None if self.heatmap is None else self.heatmap.copy()
         self._run_export(write_overlay, self.opened.slide.pixels, heatmap, self.annotations, style, *target)
 
     def export_heatmap(self) -> None:
-        if self.heatmap is None or not self.heatmap_complete:
+        if self.heatmap is None or self.runner.is_running():
             return
         target = dialogs.ask_save_path(
-            self, "Export Heatmap", self._suggest("heatmap.npy"), "NumPy array (*.npy)", ".npy", also=(".json",)
+            self, "Export Heatmap", self._suggest("heatmap.npy"),
+            "NumPy array (*.npy);;Float TIFF (*.tif *.tiff)", ".npy", also=(".json",)
         )
         if target is None:
             return
         slide = self.opened.slide
         self._run_export(write_heatmap, self.heatmap.copy(), target[0], self.heatmap_stride,
-                         (slide.height, slide.width), self.model_path, target[1])
+                         (slide.height, slide.width), slide.path, self.model_path, target[1])
 
     def _run_export(self, func, *args) -> None:
         self.status.showMessage("Exporting…")
@@ -483,11 +488,8 @@ class MainWindow(QMainWindow):
         rgb = tuple(int(v) for v in slide.pixels[row, col])
         probability = None
         if self.heatmap is not None:
-            # Cell (r, c) is the stride-wide square centred on (stride*c + 16, stride*r + 16).
-            s = self.heatmap_stride
-            c, r = math.floor((x - 16 + s / 2) / s), math.floor((y - 16 + s / 2) / s)
-            inside = 0 <= r < self.heatmap.shape[0] and 0 <= c < self.heatmap.shape[1]
-            probability = float(self.heatmap[r, c]) if inside else None
+            cell = pixel_to_cell(x, y, self.heatmap.shape, self.heatmap_stride)
+            probability = None if cell is None else float(self.heatmap[cell])
         self.status.show_cursor(col, row, rgb, probability)
 
     def _update_actions(self) -> None:
@@ -498,7 +500,8 @@ class MainWindow(QMainWindow):
             action.setEnabled(has_image)
         a.run_heatmap.setEnabled(has_image and not running)
         a.cancel_heatmap.setEnabled(running)
-        a.export_heatmap.setEnabled(self.heatmap is not None and self.heatmap_complete)
+        # A stopped (partial) heatmap can be saved too: its sidecar says "complete": false.
+        a.export_heatmap.setEnabled(self.heatmap is not None and not running)
 
     # Drag and drop --------------------------------------------------------------------------
     @staticmethod

@@ -100,6 +100,12 @@ class Settings:
     def set_auto_run_heatmap(self, on: bool) -> None:
         self._store.setValue("heatmap/auto_run", bool(on))
 
+    def export_legend(self) -> bool:
+        return _as_bool(self._store.value("export/legend"), False)
+
+    def set_export_legend(self, on: bool) -> None:
+        self._store.setValue("export/legend", bool(on))
+
     # Layers -----------------------------------------------------------------------------
     def layer_values(self) -> dict[str, Any]:
         """Saved layer settings, validated; missing keys are simply absent."""

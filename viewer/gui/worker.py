@@ -46,9 +46,10 @@ def run_in_background(
     on_error: Callable[[BaseException], None],
 ) -> FunctionWorker:
     """Run ``func(*args)`` in a worker thread; the callbacks run on the main thread."""
-    worker: FunctionWorker = create_worker(func, *args, _start_thread=False)
-    worker.returned.connect(on_result)
-    worker.errored.connect(on_error)
+    # Passing "errored" in _connect stops superqt from re-raising the error on the main thread.
+    worker: FunctionWorker = create_worker(
+        func, *args, _start_thread=False, _connect={"returned": on_result, "errored": on_error}
+    )
     worker.start()
     return worker
 
@@ -91,9 +92,12 @@ class ModelLoader(QObject):
 
 
 def _load_model(path: str | None) -> Any:
+    from viewer.heatmap import warm_up
     from viewer.model import load_model  # imports Keras/TensorFlow: worker thread only
 
-    return load_model(path)
+    model = load_model(path)
+    warm_up(model)  # start TensorFlow's runtime here, so the first tile is not slow
+    return model
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,10 +139,14 @@ class HeatmapRunner(QObject):
         self.cancel()
         request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from)
         cancel = threading.Event()
-        worker: GeneratorWorker = create_worker(_heatmap_tiles, request, cancel, _start_thread=False)
-        worker.yielded.connect(partial(self._on_tile, request))
-        worker.returned.connect(partial(self._on_done, request))
-        worker.errored.connect(partial(self._on_error, request))
+        worker: GeneratorWorker = create_worker(
+            _heatmap_tiles, request, cancel, _start_thread=False,
+            _connect={
+                "yielded": partial(self._on_tile, request),
+                "returned": partial(self._on_done, request),
+                "errored": partial(self._on_error, request),
+            },
+        )
         self._current, self._cancel, self._worker = request, cancel, worker
         worker.start()
         return request
