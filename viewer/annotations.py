@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +116,11 @@ def _points_to_json(points: np.ndarray) -> list[dict[str, float]]:
 def parse_annotations(data: Any, source: str | Path | None = None) -> Annotations:
     """Validate decoded BreCaHAD JSON and turn it into :class:`Annotations`.
 
-    Wrong types are refused; points outside [0, 1] or with NaN coordinates are skipped and
-    counted in ``notes`` (one stray point should not cost the user the other thousand).
+    Wrong types in the seven BreCaHAD classes are refused; points outside [0, 1] or with NaN
+    coordinates are skipped and counted in ``notes`` (one stray point should not cost the user
+    the other thousand). Other top-level entries that are lists of points are kept as extra
+    classes under their own name; anything else is kept verbatim in ``extra`` so saving loses
+    nothing.
     """
     where = source
     if not isinstance(data, dict):
@@ -126,74 +131,117 @@ def parse_annotations(data: Any, source: str | Path | None = None) -> Annotation
     points: dict[str, np.ndarray] = {name: np.empty((0, 2)) for name in CLASSES}
     extra: dict[str, Any] = {}
     skipped = 0
+    kept_aside: list[str] = []
     for name, entries in data.items():
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise AnnotationError(f"has a class name that is not text ({_json_type(name)})", where)
+        if not name.strip():
             raise AnnotationError("has an empty class name", where)
+        label = _quote(name)
         if not isinstance(entries, list):
             if name in CLASSES:
-                raise AnnotationError(f"'{name}' is a {_json_type(entries)}; expected a list of points", where)
+                raise AnnotationError(f"{label} is a {_json_type(entries)}; expected a list of points", where)
             extra[name] = entries  # unknown non-point entry: keep it for round trips
+            continue
+        if name not in CLASSES and entries and not all(_looks_like_point(e) for e in entries):
+            # An unknown entry that is not a point list (e.g. a list of tags): keep, don't draw.
+            extra[name] = entries
+            kept_aside.append(label)
             continue
         coords = np.empty((len(entries), 2), dtype=np.float64)
         keep = np.ones(len(entries), dtype=bool)
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "x" not in entry or "y" not in entry:
-                raise AnnotationError(f"'{name}'[{i}] is not a point like {{\"x\": 0.5, \"y\": 0.5}}", where)
+                raise AnnotationError(f"{label}[{i}] is not a point like {{\"x\": 0.5, \"y\": 0.5}}", where)
             x, y = entry["x"], entry["y"]
             if not _is_number(x) or not _is_number(y):
                 raise AnnotationError(
-                    f"'{name}'[{i}] has non-numeric coordinates ({_json_type(x)}, {_json_type(y)})", where
+                    f"{label}[{i}] has non-numeric coordinates ({_json_type(x)}, {_json_type(y)})", where
                 )
-            x, y = float(x), float(y)
+            x, y = _to_float(x), _to_float(y)
             if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
                 keep[i] = False
                 continue
             coords[i] = (x, y)
         skipped += int((~keep).sum())
         points[name] = coords[keep]
-    notes = ()
+    notes: list[str] = []
     if skipped:
-        notes = (f"{skipped} point(s) with NaN or coordinates outside [0, 1] were skipped",)
-    return Annotations(points=points, source=Path(source) if source else None, notes=notes, extra=extra)
+        notes.append(f"{skipped} point(s) with NaN or coordinates outside [0, 1] were skipped")
+    if kept_aside:
+        notes.append(f"entries that are not point lists were kept but not drawn: {', '.join(kept_aside[:5])}")
+    return Annotations(points=points, source=Path(source) if source else None, notes=tuple(notes), extra=extra)
 
 
 def load_annotations(path: str | Path) -> Annotations:
     """Read a BreCaHAD groundTruth JSON file."""
     path = Path(path)
-    if not path.exists():
-        raise AnnotationError("file not found", path)
-    if path.is_dir():
-        raise AnnotationError("is a folder, not an annotation file", path)
     try:
-        size = path.stat().st_size
-        if size > MAX_ANNOTATION_BYTES:
-            raise AnnotationError(
-                f"is {size / 1e6:.0f} MB, above the {MAX_ANNOTATION_BYTES // (1 << 20)} MB limit for annotation files",
-                path,
-            )
-        raw = path.read_bytes()
-    except PermissionError as exc:
-        raise AnnotationError("cannot be read (permission denied)", path) from exc
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AnnotationError("file not found", path) from None
+    except NotADirectoryError:
+        raise AnnotationError("file not found (a parent of it is a file, not a folder)", path) from None
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise AnnotationError(f"is not a valid file name ({exc})", path) from None
     except OSError as exc:
-        raise AnnotationError(f"cannot be read ({exc.strerror or exc})", path) from exc
+        raise AnnotationError(f"cannot be opened ({_os_reason(exc)})", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AnnotationError("is a folder, not an annotation file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise AnnotationError("is not a regular file (a device, pipe or socket), not an annotation file", path)
+    limit = MAX_ANNOTATION_BYTES
+    if st.st_size > limit:
+        raise AnnotationError(_too_large(st.st_size, limit), path)
+    if not os.access(path, os.R_OK):
+        raise AnnotationError("cannot be read (permission denied)", path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)  # bounded even if the file grows while we read it
+    except PermissionError:
+        raise AnnotationError("cannot be read (permission denied)", path) from None
+    except OSError as exc:
+        raise AnnotationError(f"cannot be read ({_os_reason(exc)})", path) from None
+    if len(raw) > limit:
+        raise AnnotationError(_too_large(len(raw), limit), path)
     if not raw.strip():
         raise AnnotationError("is empty; expected BreCaHAD JSON", path)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise AnnotationError("is UTF-16 text; save it as UTF-8 (BreCaHAD JSON is UTF-8)", path)
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise AnnotationError("is not UTF-8 text; expected BreCaHAD JSON", path) from exc
+        raise AnnotationError(f"is not UTF-8 text (bad byte at offset {exc.start}); expected BreCaHAD JSON", path) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise AnnotationError(f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from exc
-    except RecursionError as exc:
-        raise AnnotationError("is nested too deeply to be BreCaHAD JSON", path) from exc
+        raise AnnotationError(f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
+    except RecursionError:
+        raise AnnotationError("is nested too deeply to be BreCaHAD JSON", path) from None
+    except ValueError as exc:  # e.g. an integer literal with more than 4300 digits
+        reason = _first_line(str(exc))
+        if "digits" in reason:
+            reason = "it contains a number with thousands of digits"
+        raise AnnotationError(f"is not usable JSON ({reason})", path) from None
     return parse_annotations(data, path)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"is {size / (1 << 20):.1f} MB, above the {limit / (1 << 20):g} MB limit for annotation files "
+        "(BreCaHAD files are a few kB); is it the right file?"
+    )
 
 
 def save_annotations(annotations: Annotations, path: str | Path, *, force: bool = True) -> None:
     """Write BreCaHAD JSON atomically (all seven classes, unknown entries preserved)."""
     from viewer.atomic import atomic_output
 
-    text = json.dumps(annotations.to_json_dict(), indent=1)
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON, and other tools would refuse the file.
+        text = json.dumps(annotations.to_json_dict(), indent=1, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise AnnotationError(f"cannot be saved: the annotations hold a value JSON cannot store ({_first_line(str(exc))})", path) from None
     with atomic_output(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -211,22 +259,61 @@ def find_annotations_for(image_path: str | Path) -> Path | None:
         image_path.with_suffix(".json"),
     ]
     for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.R_OK):
-            return candidate
+        try:
+            if candidate.is_file() and os.access(candidate, os.R_OK):
+                return candidate
+        except (OSError, ValueError):  # name too long, NUL byte...: simply not there
+            continue
     return None
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """JSON numbers (and NumPy scalars from code), but not booleans."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _to_float(value: Any) -> float:
+    """float(value), with integers too large for a float mapped to infinity (then skipped)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _looks_like_point(entry: Any) -> bool:
+    return isinstance(entry, dict) and "x" in entry and "y" in entry
+
+
+def _quote(name: str) -> str:
+    """A class name for a message: quoted, one line, not absurdly long."""
+    text = " ".join(name.split())
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return repr(text)
+
+
+def _first_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line[:160] if line else "unknown error"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
+    if isinstance(value, np.generic):
+        return f"NumPy {value.dtype}"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
