@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +18,42 @@ from viewer.errors import OutputError
 
 
 def check_writable(path: str | Path, *, force: bool = False) -> Path:
-    """Fail early, before any long computation, if ``path`` cannot be written."""
+    """Fail early, before any long computation, if ``path`` cannot be written.
+
+    Returns ``path`` as a :class:`~pathlib.Path`. Refuses folders, existing files (unless
+    ``force``), devices/pipes/sockets (always: replacing ``/dev/null`` with a regular file is
+    never what the user meant), missing or read-only folders, and invalid names.
+    """
     path = Path(path)
-    if path.is_dir():
+    if str(path) in ("", ".", "..") or path.name in ("", ".", ".."):
         raise OutputError("is a folder; give a file name", path)
-    if path.exists() and not force:
-        raise OutputError("already exists; use --force to overwrite it", path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"folder {folder} does not exist", path)
-    if not os.access(folder, os.W_OK):
+    try:
+        st = os.stat(path)  # follows symlinks: we write to where a link points
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        raise OutputError(f"folder {_folder(path)} is a file, not a folder", path) from None
+    except ValueError as exc:  # embedded NUL byte
+        raise OutputError(f"is not a valid file name ({exc})", path) from None
+    except OSError as exc:  # name too long, symlink loop...
+        raise OutputError(f"cannot be written ({_reason(exc)})", path) from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError("is a folder; give a file name", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError("is not a regular file (a device, pipe or socket); refusing to replace it", path)
+        if not force:
+            raise OutputError("already exists; use --force to overwrite it", path)
+    folder = _target(path).parent
+    try:
+        folder_st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise OutputError(f"folder {folder} does not exist", path) from None
+    except OSError as exc:
+        raise OutputError(f"folder {folder} cannot be used ({_reason(exc)})", path) from None
+    if not stat.S_ISDIR(folder_st.st_mode):
+        raise OutputError(f"folder {folder} is a file, not a folder", path)
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"folder {folder} is not writable", path)
     return path
 
@@ -37,22 +64,138 @@ def atomic_output(path: str | Path, *, force: bool = True, suffix: str | None = 
 
     ``suffix`` defaults to the target's suffix so writers that pick a format from the file
     name (Pillow, tifffile, numpy) see the right one.
+
+    Guarantees: on any failure (an exception in the ``with`` body, a full disk, Ctrl+C) the
+    temporary file is removed and an existing ``path`` is left untouched; ``OSError`` is turned
+    into :class:`OutputError` (one line, "nothing was written"). The data is flushed to disk
+    before the rename, and the new file gets normal permissions (those of the file it replaces,
+    or 0666 minus the umask) rather than ``mkstemp``'s private 0600. If ``path`` is a symlink,
+    the file it points to is replaced and the link is kept.
     """
     path = check_writable(path, force=force)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=folder
-    )
-    os.close(fd)
+    target = _target(path)
+    folder = target.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=folder
+        )
+        os.close(fd)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if not tmp.exists():
+            raise RuntimeError(f"the writer removed or renamed its temporary file {tmp.name}")
+        strays = _strays(tmp)
+        if strays and tmp.stat().st_size == 0:
+            # e.g. numpy.save adds '.npy' to a name without it: the data went to another file.
+            raise RuntimeError(
+                f"the writer saved to {strays[0].name} instead of the temporary file it was given "
+                "(it probably added a file-name ending)"
+            )
+        _set_mode(tmp, target)
+        _fsync(tmp)
+        os.replace(tmp, target)
+        _fsync_folder(folder)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError("the disk is full; nothing was written", path) from exc
-        raise OutputError(f"cannot write ({exc.strerror or exc}); nothing was written", path) from exc
+        _cleanup(tmp)
+        raise _output_error(exc, path) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _cleanup(tmp)
         raise
+    finally:
+        for stray in _strays(tmp):
+            stray.unlink(missing_ok=True)
+
+
+def _target(path: Path) -> Path:
+    """Where the data really goes: the file a symlink points to, else ``path`` itself."""
+    if path.is_symlink():
+        return Path(os.path.realpath(path))
+    return path
+
+
+def _folder(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def _strays(tmp: Path) -> list[Path]:
+    """Files a writer created next to ``tmp`` by appending to its name (e.g. numpy's '.npy')."""
+    try:
+        return [p for p in tmp.parent.glob(f"{_glob_escape(tmp.name)}?*") if p != tmp]
+    except OSError:  # pragma: no cover - folder vanished
+        return []
+
+
+def _glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _cleanup(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError("the disk is full (or over quota); nothing was written", path)
+    if exc.errno == errno.EROFS:
+        return OutputError("is on a read-only file system; nothing was written", path)
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputError(f"folder {_folder(path)} is not writable (permission denied); nothing was written", path)
+    return OutputError(f"cannot be written ({_reason(exc)}); nothing was written", path)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the racy way, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _set_mode(tmp: Path, target: Path) -> None:
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    with contextlib.suppress(OSError):  # e.g. file systems without permissions (FAT, some mounts)
+        os.chmod(tmp, mode)
+
+
+def _fsync(tmp: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP):  # file system without fsync
+            return
+        raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform can fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
