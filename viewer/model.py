@@ -6,8 +6,12 @@ and the GUI must show its window before that happens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
+import sys
+import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -26,13 +30,60 @@ INPUT_SHAPE = (PATCH_SIZE, PATCH_SIZE, 3)
 """Model input: one RGB window, float32 pixels scaled to [0, 1]."""
 
 
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+"""File endings Keras 3 can load (``.h5``/``.hdf5`` are its legacy format)."""
+
+
 def import_keras():
-    """Import Keras with TensorFlow's start-up chatter silenced; returns the module."""
+    """Import Keras with TensorFlow's start-up chatter silenced; returns the module.
+
+    TensorFlow's native (C++) logging writes straight to file descriptor 2 while it is
+    imported, whatever ``TF_CPP_MIN_LOG_LEVEL`` says (TF 2.21 prints four lines about oneDNN
+    and absl). That would break the CLI's one-line error contract, so the import runs with
+    descriptor 2 pointed at a temporary file; if the import fails, what was captured is
+    replayed. Set ``HISTOVIEWER_DEBUG=1`` (the CLI's ``--debug`` does) to see it all.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
+    if "keras" in sys.modules:
+        import keras
 
+        return keras
+    quiet = not os.environ.get("HISTOVIEWER_DEBUG")
+    with _native_stderr_captured(enabled=quiet):
+        import keras
     return keras
+
+
+@contextlib.contextmanager
+def _native_stderr_captured(enabled: bool = True):
+    """Point file descriptor 2 at a temporary file for the duration; replay it on error."""
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (e.g. pythonw): nothing to hide
+        yield
+        return
+    sink = tempfile.TemporaryFile()
+    failed = False
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if failed:
+            sink.seek(0)
+            captured = sink.read().decode("utf-8", "replace")
+            if captured.strip():
+                sys.stderr.write(captured)
+        sink.close()
 
 
 def build_convnet(dropout: float = 0.5, seed: int | None = None) -> keras.Model:
@@ -95,20 +146,15 @@ def load_model(path: str | Path | None = None) -> keras.Model:
 
     Keras ``safe_mode`` stays on, so a file cannot run arbitrary code (Lambda layers are
     refused). The model must take 32x32x3 windows and return one probability per window.
+    Files that are obviously not Keras models are refused before TensorFlow is imported.
     """
+    bundled = path is None
     path = bundled_model_path() if path is None else Path(path)
-    if not path.exists():
-        hint = " (the bundled model is missing: reinstall histoviewer)" if path == bundled_model_path() else ""
-        raise ModelError(f"model file not found{hint}", path)
-    if path.is_dir():
-        raise ModelError("is a folder; expected a .keras model file", path)
-    if not os.access(path, os.R_OK):
-        raise ModelError("cannot be read (permission denied)", path)
-    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        raise ModelError("is not a valid .keras file (corrupt or truncated zip archive)", path)
+    _check_model_file(path, bundled)
     keras = import_keras()
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        with _quiet_python_warnings():
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
     except ValueError as exc:
         text = str(exc)
         if "safe_mode" in text or "Lambda" in text or "lambda" in text:
@@ -118,16 +164,91 @@ def load_model(path: str | Path | None = None) -> keras.Model:
                 path,
             ) from exc
         raise ModelError(f"cannot be loaded as a Keras model ({_first_line(text)})", path) from exc
+    except MemoryError as exc:
+        raise ModelError("is too large to load into memory", path) from exc
     except Exception as exc:  # Keras raises many types for damaged archives
-        raise ModelError(f"cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(str(exc))})", path) from exc
+        text = str(exc)
+        if "could not be deserialized" in text or "Unknown layer" in text:
+            raise ModelError(
+                "uses a custom layer or object that Keras cannot rebuild without its Python code "
+                f"({type(exc).__name__}); use a model made of built-in Keras layers",
+                path,
+            ) from exc
+        raise ModelError(f"cannot be loaded as a Keras model ({type(exc).__name__}: {_first_line(text)})", path) from exc
     check_model_io(model, path)
     return model
 
 
+def _check_model_file(path: Path, bundled: bool) -> None:
+    """Cheap checks that need no TensorFlow: exists, regular file, readable, right kind."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        hint = " (the bundled model is missing: reinstall histoviewer)" if bundled else ""
+        raise ModelError(f"model file not found{hint}", path) from None
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise ModelError(f"is not a valid file name ({exc})", path) from None
+    except OSError as exc:
+        raise ModelError(f"cannot be opened ({exc.strerror or exc})", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelError("is a folder; expected a .keras model file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError("is not a regular file (a device, pipe or socket); expected a .keras model file", path)
+    if not os.access(path, os.R_OK):
+        raise ModelError("cannot be read (permission denied)", path)
+    if st.st_size == 0:
+        raise ModelError("is empty (0 bytes); expected a .keras model file", path)
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise ModelError(
+            f"has the ending '{path.suffix or '(none)'}'; expected a .keras model file (or a legacy .h5 file)", path
+        )
+    try:
+        if suffix == ".keras":
+            if not zipfile.is_zipfile(path):
+                raise ModelError("is not a valid .keras file (corrupt or truncated zip archive)", path)
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+            if "config.json" not in names:
+                raise ModelError("is a zip archive without config.json, so not a saved Keras model", path)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+            if head != b"\x89HDF\r\n\x1a\n":
+                raise ModelError(f"is not an HDF5 file, so not a legacy Keras {suffix} model", path)
+    except ModelError:
+        raise
+    except PermissionError:
+        raise ModelError("cannot be read (permission denied)", path) from None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise ModelError(f"is not a valid .keras file ({type(exc).__name__}: {_first_line(str(exc))})", path) from None
+
+
+@contextlib.contextmanager
+def _quiet_python_warnings():
+    import warnings
+
+    if os.environ.get("HISTOVIEWER_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def check_model_io(model: keras.Model, path: str | Path | None = None) -> None:
     """Refuse models that do not map one 32x32x3 window to one probability."""
-    inputs = model.inputs
-    outputs = model.outputs
+    try:
+        inputs = list(model.inputs or ())
+        outputs = list(model.outputs or ())
+    except (AttributeError, ValueError) as exc:  # e.g. a Sequential model saved before it was built
+        raise ModelError(
+            f"has no defined input ({_first_line(str(exc))}); expected one 32x32x3 image input", path
+        ) from None
+    if not inputs:
+        raise ModelError("has no defined input; expected one 32x32x3 image input", path)
+    if not outputs:
+        raise ModelError("has no defined output; expected one tumour probability", path)
     if len(inputs) != 1:
         raise ModelError(f"has {len(inputs)} inputs; expected one 32x32x3 image input", path)
     if len(outputs) != 1:
@@ -141,5 +262,5 @@ def check_model_io(model: keras.Model, path: str | Path | None = None) -> None:
 
 
 def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    return line[:200]
+    line = " ".join(text.strip().splitlines()[0].split()) if text.strip() else "unknown error"
+    return line if len(line) <= 200 else line[:197] + "..."
