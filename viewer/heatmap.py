@@ -381,7 +381,7 @@ def _weights_fingerprint(model) -> str:
 
 
 class _ModelEngines:
-    """Per-model cache: the analysed spec and traced functions (keyed by stride and tile shape)."""
+    """Per-model cache: the analysed spec, the traced exact pass per stride, the traced window batch."""
 
     def __init__(self, model) -> None:
         self.spec, self.reason = _analyse(model)

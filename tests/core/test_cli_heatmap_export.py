@@ -200,3 +200,14 @@ def test_heatmap_progress_on_stderr_unless_quiet(paths, capsys):
     assert "heatmap: 4/4 tiles" in err
     assert main(["heatmap", str(big), "--out", str(out / "b.npy"), "--model", str(model), "--force", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_export_notes_missing_annotations_only_after_success(paths, capsys):
+    _, model, out = paths
+    lone = out / "lone.tif"
+    tifffile.imwrite(lone, np.full((40, 50, 3), 128, np.uint8), photometric="rgb")
+    (out / "corrupt.keras").write_bytes(b"not a zip")
+    assert main(["export", str(lone), "--out", str(out / "l.png"), "--model", str(out / "corrupt.keras")]) == 2
+    one_line_error(capsys, "corrupt.keras")  # the error alone, no 'no annotations' note before it
+    assert main(["export", str(lone), "--out", str(out / "l.png"), "--model", str(model)]) == 0
+    assert "no annotations found for lone.tif" in capsys.readouterr().err

@@ -95,13 +95,14 @@ def run(args) -> int:
     slide = open_slide(args.image)
 
     annotations = None
+    notes = []  # printed only after success, so an error stays the one line on stderr
     if style.show_annotations:
         from viewer.annotations import find_annotations_for, load_annotations
 
         if args.annotations == "auto":
             found = find_annotations_for(slide.path)
-            if found is None and not args.quiet:
-                print(f"note: no annotations found for {slide.name}; exporting without markers", file=sys.stderr)
+            if found is None:
+                notes.append(f"note: no annotations found for {slide.name}; exported without markers")
             annotations = load_annotations(found) if found is not None else None
         else:
             annotations = load_annotations(args.annotations)
@@ -120,4 +121,7 @@ def run(args) -> int:
     save_overlay(figure, out, force=args.force)
     layers = [name for name, on in (("heatmap", heatmap is not None), ("annotations", annotations is not None), ("legend", style.legend)) if on]
     print(f"wrote {out} ({figure.shape[1]}x{figure.shape[0]}; {' + '.join(['image', *layers])})")
+    if not args.quiet:
+        for note in notes:
+            print(note, file=sys.stderr)
     return 0
