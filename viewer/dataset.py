@@ -385,6 +385,30 @@ def colour_jitter(x: np.ndarray, rng: np.random.Generator, strength: float = 1.0
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+# Stain vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston 2001, as in scikit-image).
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+
+
+def stain_jitter(x: np.ndarray, rng: np.random.Generator, sigma: float = 0.1, bias: float = 0.02) -> np.ndarray:
+    """HED stain augmentation (Tellez et al. 2018) on float patches in [0, 1].
+
+    Pixels go to optical density, are unmixed into haematoxylin/eosin/DAB concentrations, each
+    concentration is scaled by ``1 + U(-sigma, sigma)`` and shifted by ``U(-bias, bias)`` per
+    patch, and mixed back. Simulates paler/darker nuclear and cytoplasmic staining.
+    """
+    n = len(x)
+    if n == 0 or sigma <= 0 and bias <= 0:
+        return x
+    od = -np.log(np.clip(x, 1.0 / 255.0, 1.0))
+    conc = od @ _HED_FROM_RGB
+    alpha = 1.0 + rng.uniform(-sigma, sigma, size=(n, 1, 1, 3))
+    beta = rng.uniform(-bias, bias, size=(n, 1, 1, 3))
+    od2 = (conc * alpha + beta) @ _RGB_FROM_HED
+    return np.clip(np.exp(-od2), 0.0, 1.0).astype(np.float32)
+
+
 @dataclass
 class SamplerConfig:
     negatives_per_positive: float = 1.0
@@ -395,6 +419,11 @@ class SamplerConfig:
     """Share of the negatives drawn near (but clear of) annotated points, the hard ones."""
     augment: bool = True
     colour_strength: float = 1.0
+    stain_sigma: float = 0.0
+    """HED stain jitter strength (0 = off), see :func:`stain_jitter`."""
+    balance_images: bool = False
+    """Every training image contributes the same number of tumour windows per epoch (the mean
+    count, drawn with replacement), so sparse/pale images weigh as much as dense ones."""
 
 
 class ImageSampler:
@@ -420,13 +449,18 @@ class ImageSampler:
         """(x float32 [0, 1], y float32) for one epoch, shuffled."""
         cfg = self.config
         xs, ys = [], []
+        counts = [len(image.tumour_points) for image in self.images]
+        per_image = int(round(np.mean(counts))) if counts else 0
         for image in self.images:
-            n_pos = len(image.tumour_points)
+            points = image.tumour_points
+            if cfg.balance_images and len(points):
+                points = points[rng.integers(0, len(points), size=per_image)]
+            n_pos = len(points)
             if n_pos:
                 r = cfg.jitter * np.sqrt(rng.random(n_pos))
                 a = rng.uniform(0, 2 * np.pi, n_pos)
                 jitter = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
-                tl = tumour_top_lefts(image.tumour_points, image.width, image.height, jitter)
+                tl = tumour_top_lefts(points, image.width, image.height, jitter)
                 xs.append(extract_windows(image.pixels, tl))
                 ys.append(np.ones(len(tl), np.float32))
             n_neg = int(round(cfg.negatives_per_positive * max(n_pos, 1)))
@@ -449,6 +483,8 @@ class ImageSampler:
             x = dihedral(x, rng)
         xf = to_model_input(x)
         if cfg.augment:
+            if cfg.stain_sigma > 0:
+                xf = stain_jitter(xf, rng, cfg.stain_sigma)
             xf = colour_jitter(xf, rng, cfg.colour_strength)
         return xf, y
 

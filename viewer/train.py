@@ -62,6 +62,16 @@ class TrainConfig:
     jitter: float = 6.0
     augment: bool = True
     colour_strength: float = 1.0
+    stain_sigma: float = 0.0
+    balance_images: bool = False
+    monitor: str = "val_loss"
+    """What early stopping, the LR plateau and best-weights restore watch: val_loss (lower is
+    better), val_auc or val_heatmap_auc (higher is better; the latter needs image data)."""
+    ema: bool = False
+    """Keep an exponential moving average of the weights (Adam ``use_ema``) and evaluate/save it."""
+
+
+MONITORS = ("val_loss", "val_auc", "val_heatmap_auc")
 
 
 @dataclass
@@ -107,20 +117,42 @@ def load_training_data(data: str | Path, config: TrainConfig, progress=None):
             hard_fraction=config.hard_fraction,
             augment=config.augment,
             colour_strength=config.colour_strength,
+            stain_sigma=config.stain_sigma,
+            balance_images=config.balance_images,
         ),
     )
     val = concat_patchsets([evaluation_patches(img, config.seed) for img in loaded["val"]])
     return sampler, val, split, loaded
 
 
-def train_model(sampler, val: PatchSet, config: TrainConfig, progress=None) -> tuple[object, list[dict], int, bool]:
+def _val_heatmap_auc(model, val_images) -> float:
+    from viewer.heatmap import compute_heatmap
+    from viewer.metrics import heatmap_scores_and_labels, roc_auc
+
+    labels, scores = [], []
+    for img in val_images:
+        hm = compute_heatmap(img.pixels, model)
+        lab, sc = heatmap_scores_and_labels(hm, img.tumour_points, img.all_points)
+        labels.append(lab)
+        scores.append(sc)
+    return roc_auc(np.concatenate(labels), np.concatenate(scores)) if labels else math.nan
+
+
+def train_model(
+    sampler, val: PatchSet, config: TrainConfig, progress=None, val_images=None
+) -> tuple[object, list[dict], int, bool]:
     """The epoch loop; returns (model with best weights, history, best epoch, stopped early)."""
+    from viewer.metrics import roc_auc
     from viewer.model import build_convnet, import_keras
 
+    if config.monitor not in MONITORS:
+        raise InputError(f"unknown --monitor {config.monitor!r}; choose one of {', '.join(MONITORS)}")
+    if config.monitor == "val_heatmap_auc" and not val_images:
+        raise InputError("--monitor val_heatmap_auc needs validation images (a dataset folder, not an npz)")
     keras = import_keras()
     keras.utils.set_random_seed(config.seed)
     model = build_convnet(dropout=config.dropout, seed=config.seed)
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, use_ema=config.ema, ema_momentum=0.99)
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng([config.seed, 7])
     xv = to_model_input(val.x)
@@ -144,7 +176,11 @@ def train_model(sampler, val: PatchSet, config: TrainConfig, progress=None) -> t
         if len(yv):
             val_loss, val_acc = model.evaluate(xv, yv, batch_size=1024, verbose=0)
             row["val_loss"], row["val_accuracy"] = float(val_loss), float(val_acc)
-            monitor = float(val_loss)
+            row["val_auc"] = float(roc_auc(yv, np.asarray(model(xv, training=False)).reshape(-1)))
+        if val_images:
+            row["val_heatmap_auc"] = float(_val_heatmap_auc(model, val_images))
+        if config.monitor in row:
+            monitor = row[config.monitor] if config.monitor == "val_loss" else -row[config.monitor]
         else:
             monitor = row["loss"]
         row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -156,12 +192,14 @@ def train_model(sampler, val: PatchSet, config: TrainConfig, progress=None) -> t
         else:
             since_best += 1
             since_lr += 1
-        val_text = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}" if "val_loss" in row else ""
+        val_text = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  val_auc {row['val_auc']:.4f}" if "val_loss" in row else ""
+        if "val_heatmap_auc" in row:
+            val_text += f"  val_hm_auc {row['val_heatmap_auc']:.4f}"
         _log(progress, f"epoch {epoch:3d}/{config.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
              f"{val_text}  lr {lr:.2e}  {row['seconds']:.1f} s{'  *' if improved else ''}")
         if config.patience and since_best >= config.patience:
             stopped = True
-            _log(progress, f"early stop: no val-loss improvement for {since_best} epochs; best epoch {best_epoch}")
+            _log(progress, f"early stop: no {config.monitor} improvement for {since_best} epochs; best epoch {best_epoch}")
             break
         if config.plateau and since_lr >= config.plateau and lr > config.min_learning_rate:
             lr = max(lr * 0.5, config.min_learning_rate)
@@ -237,7 +275,8 @@ def run_training(
 
     t_start = time.perf_counter()
     sampler, val, split, loaded = load_training_data(data, config, progress)
-    model, history, best_epoch, stopped = train_model(sampler, val, config, progress)
+    val_images = loaded["val"] if (loaded is not None and heatmap) else None
+    model, history, best_epoch, stopped = train_model(sampler, val, config, progress, val_images=val_images)
     train_seconds = time.perf_counter() - t_start
 
     held_out: dict[str, dict | None] = {}

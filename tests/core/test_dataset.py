@@ -10,6 +10,7 @@ from viewer.dataset import (
     ImageSampler,
     SamplerConfig,
     colour_jitter,
+    stain_jitter,
     dihedral,
     evaluation_patches,
     find_dataset,
@@ -130,6 +131,18 @@ def test_augmentations_keep_shape_range_and_pixels():
     j = colour_jitter(x.astype(np.float32) / 255, rng)
     assert j.dtype == np.float32 and j.min() >= 0 and j.max() <= 1
     assert np.abs(j - x / 255).max() < 0.35
+    xf = np.clip(x.astype(np.float32) / 255, 1 / 255, 1)
+    assert np.allclose(stain_jitter(xf, rng, sigma=0.0, bias=0.0), xf)  # unmix + remix is lossless
+    s = stain_jitter(xf, rng, sigma=0.15)
+    assert s.dtype == np.float32 and s.min() >= 0 and s.max() <= 1 and not np.allclose(s, xf)
+
+
+def test_balanced_images_sampler_gives_each_image_the_mean_count(synthetic_dataset):
+    root = synthetic_dataset(n_images=2, points_per_image=4)
+    images = [load_labelled(e) for e in find_dataset(root)]
+    images[1].tumour_points = images[1].tumour_points[:2]  # 4 and 2 points -> 3 each
+    x, y = ImageSampler(images, SamplerConfig(balance_images=True, stain_sigma=0.1)).epoch(np.random.default_rng(0))
+    assert int(y.sum()) == 6
 
 
 def test_image_sampler_balanced_float_inputs(synthetic_dataset):

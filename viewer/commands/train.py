@@ -14,8 +14,9 @@ split as 'prepare' and 'evaluate'); validation and test images are never trained
 Every epoch draws fresh windows from the training images: one per tumour point (centre jittered
 by up to --jitter px) and --negatives-per-positive non-tumour windows per point (a share
 --hard-fraction of them near annotated points), with flips/90-degree rotations and mild colour
-jitter. The learning rate halves after --plateau epochs without val-loss improvement; training
-stops after --patience such epochs and restores the best weights.
+jitter. The learning rate halves after --plateau epochs without improvement of --monitor on the
+validation images; training stops after --patience such epochs and restores the best weights.
+Each epoch prints one progress line (train and validation loss/accuracy, val AUC, val heatmap AUC).
 
 Writes MODEL.keras, MODEL.metrics.json (config, split image names, per-epoch history, held-out
 val/test metrics) and MODEL.curves.png (accuracy and loss, train and validation), all atomically;
@@ -43,6 +44,11 @@ def register(subparsers) -> None:
     parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
     parser.add_argument("--jitter", type=float, default=6.0, help="max offset (px) of tumour window centres from the point (default 6)")
     parser.add_argument("--colour-jitter", type=float, default=1.0, metavar="S", help="strength of the colour/stain jitter, 0 = off (default 1: gains +-6%%, offsets +-0.03, contrast +-10%%)")
+    parser.add_argument("--monitor", choices=("val_loss", "val_auc", "val_heatmap_auc"), default="val_loss",
+                        help="validation quantity for early stopping, LR plateau and best-weights restore (default val_loss)")
+    parser.add_argument("--ema", action="store_true", help="keep and save an exponential moving average of the weights (Adam use_ema, momentum 0.99)")
+    parser.add_argument("--stain-jitter", type=float, default=0.0, metavar="SIGMA", help="HED stain jitter: scale H/E/D concentrations by 1 +- SIGMA per patch (default 0 = off)")
+    parser.add_argument("--balance-images", action="store_true", help="every training image gives the same number of tumour windows per epoch")
     parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
     parser.add_argument("--no-heatmap", action="store_true", help="skip the held-out heatmap AUC at the end (faster)")
     parser.add_argument("--metrics-out", default=None, metavar="JSON", help="metrics file (default MODEL.metrics.json)")
@@ -68,6 +74,10 @@ def run(args) -> int:
         jitter=args.jitter,
         augment=not args.no_augment,
         colour_strength=args.colour_jitter,
+        monitor=args.monitor,
+        stain_sigma=args.stain_jitter,
+        balance_images=args.balance_images,
+        ema=args.ema,
     )
     progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     argv = sys.argv[1:]
