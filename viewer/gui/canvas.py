@@ -67,11 +67,12 @@ class Canvas(pg.GraphicsView):
         self._pyramid = pyramid
         self._shown = None
         width, height = self.image_size
-        # Keep the image findable: no zooming out past 4x the fit, no panning it out of sight.
+        # Keep the image findable: limited zoom-out and panning; generous for small images so
+        # that 100 % still works in a large window.
+        pad = 2 * max(width, height, 1000)
         self.view.setLimits(
-            xMin=-width, xMax=2 * width, yMin=-height, yMax=2 * height,
-            minXRange=MIN_RANGE, maxXRange=4 * max(width, height),
-            minYRange=MIN_RANGE, maxYRange=4 * max(width, height),
+            xMin=-pad, xMax=width + pad, yMin=-pad, yMax=height + pad,
+            minXRange=MIN_RANGE, maxXRange=width + 2 * pad, minYRange=MIN_RANGE, maxYRange=height + 2 * pad,
         )
         if len(pyramid) == 1:
             self._show_region(0, 0, 0, width, height)
