@@ -7,6 +7,7 @@ is never painted. Each request is an immutable value captured on the main thread
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -95,8 +96,19 @@ def _load_model(path: str | None) -> Any:
     from viewer.heatmap import warm_up
     from viewer.model import load_model  # imports Keras/TensorFlow: worker thread only
 
-    model = load_model(path)
-    warm_up(model)  # start TensorFlow's runtime here, so the first tile is not slow
+    # Importing TensorFlow creates ~10^6 long-lived objects. Each full garbage collection over
+    # them holds the GIL for 100-300 ms, which freezes the window (during this import and
+    # later during heatmaps). So: no collections while importing, then move everything that
+    # exists into the permanent generation, which later collections skip.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        model = load_model(path)
+        warm_up(model)  # start TensorFlow's runtime here, so the first tile is not slow
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
     return model
 
 

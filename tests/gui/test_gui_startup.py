@@ -1,0 +1,34 @@
+"""`histoviewer` shows its window before TensorFlow is imported (a fresh process is needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import sys
+from PySide6.QtCore import QTimer
+from viewer.gui import app as gui_app
+from viewer.gui.main_window import MainWindow
+
+shown = []
+original_show = MainWindow.show
+def show(self):
+    original_show(self)
+    shown.append("tensorflow" in sys.modules or "keras" in sys.modules)
+    # Report, then quit before the model loader finishes its (slow) import.
+    QTimer.singleShot(0, lambda: (print("TF_AT_SHOW", shown[0], flush=True), self.close()))
+MainWindow.show = show
+sys.exit(gui_app.run_gui(sys.argv[1] if len(sys.argv) > 1 else None))
+"""
+
+
+def test_window_appears_before_tensorflow_is_imported(tmp_path: Path, small_image: Path) -> None:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "config"),
+               HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", CHILD, str(small_image)], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert "TF_AT_SHOW False" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
