@@ -1,7 +1,8 @@
 """``histoviewer [IMAGE]``: create the application, show the window, then start the work.
 
-Only Qt, pyqtgraph and superqt are imported before the window appears; TensorFlow is imported
-by the model-loading worker afterwards, so the window shows in well under a second.
+Only Qt, numpy and pyqtgraph are imported before the window appears (superqt on first use);
+TensorFlow is imported by the model-loading worker afterwards, so the window shows in well
+under a second.
 """
 
 from __future__ import annotations

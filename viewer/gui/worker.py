@@ -13,14 +13,16 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
-from superqt.utils import FunctionWorker, GeneratorWorker, create_worker
 
 from viewer.errors import InputError
 from viewer.slide import Slide
+
+if TYPE_CHECKING:  # superqt is imported on first use: its package import costs ~0.2 s of start-up
+    from superqt.utils import FunctionWorker, GeneratorWorker
 
 _generations = itertools.count(1)
 
@@ -47,6 +49,8 @@ def run_in_background(
     on_error: Callable[[BaseException], None],
 ) -> FunctionWorker:
     """Run ``func(*args)`` in a worker thread; the callbacks run on the main thread."""
+    from superqt.utils import create_worker
+
     # Passing "errored" in _connect stops superqt from re-raising the error on the main thread.
     worker: FunctionWorker = create_worker(
         func, *args, _start_thread=False, _connect={"returned": on_result, "errored": on_error}
@@ -148,6 +152,8 @@ class HeatmapRunner(QObject):
         self, slide: Slide, model: Any, model_path: str | None, stride: int,
         order_from: tuple[float, float] | None,
     ) -> HeatmapRequest:
+        from superqt.utils import create_worker
+
         self.cancel()
         request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from)
         cancel = threading.Event()
