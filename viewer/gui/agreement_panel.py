@@ -56,8 +56,9 @@ class AgreementPanel(QWidget):
         row.addWidget(self.auc_label, 1)
         row.addWidget(self.export_button)
         layout.addWidget(self.message)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.table)
         layout.addLayout(row)
+        layout.addStretch(1)
         self.show_result(None, "Open an image with annotations and run the heatmap to compare them.")
 
     def show_result(self, result: AgreementResult | None, message: str = "") -> None:
@@ -68,6 +69,7 @@ class AgreementPanel(QWidget):
         self.table.setRowCount(0)
         if result is None:
             self.auc_label.setText("")
+            self._fit_table()
             return
         # Classes without points have nothing to compare; the Layers legend still lists them.
         rows = [entry for entry in result.classes if entry.points]
@@ -82,7 +84,14 @@ class AgreementPanel(QWidget):
                 if column:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
+        self._fit_table()
         self.auc_label.setText(
             f"AUC vs tumour points: <b>{_number(result.auc)}</b><br>"
             f"<small>{result.positive_windows:,} positive, {result.negative_windows:,} negative windows</small>"
         )
+
+    def _fit_table(self) -> None:
+        """Exactly as tall as its rows (at least one), so the dock has no empty table area."""
+        rows = max(1, self.table.rowCount())
+        height = self.table.horizontalHeader().sizeHint().height() + rows * self.table.verticalHeader().defaultSectionSize()
+        self.table.setFixedHeight(height + 2 * self.table.frameWidth())

@@ -96,9 +96,11 @@ class Canvas(pg.GraphicsView):
         if len(self._pyramid) <= 1:
             return
         width, height = self.image_size
-        pixel = self.view.viewPixelSize()[0]  # image pixels per screen pixel
-        level = min(len(self._pyramid) - 1, max(0, int(math.floor(math.log2(max(pixel, 1e-9))))))
         rect = self.view.viewRect()
+        # Image pixels per screen pixel, from the range itself: viewPixelSize() lags behind
+        # setRange() until the next paint.
+        pixel = rect.width() / max(1.0, self.view.boundingRect().width())
+        level = min(len(self._pyramid) - 1, max(0, int(math.floor(math.log2(max(pixel, 1e-9))))))
         # Crop the visible area plus half a screen around it, so small pans need no new crop.
         margin_x, margin_y = rect.width() / 2, rect.height() / 2
         scale = 1 << level
@@ -128,8 +130,8 @@ class Canvas(pg.GraphicsView):
 
     def zoom_level(self) -> float:
         """Screen pixels per image pixel."""
-        pixel = self.view.viewPixelSize()[0]
-        return 1.0 / pixel if pixel > 0 else 1.0
+        width = self.view.viewRect().width()
+        return self.view.boundingRect().width() / width if width > 0 else 1.0
 
     def zoom_to(self, level: float) -> None:
         """Set screen pixels per image pixel, keeping the view centre fixed."""

@@ -195,7 +195,10 @@ class LayersPanel(QWidget):
             self._class_grid.addWidget(count, row, 1)
             self._class_boxes[name] = box
             self._count_labels[name] = count
-        self.annotations_source.setText(source or "No annotations loaded (File › Open Annotations…)")
+        self.annotations_source.setText(source or "No annotations loaded")
+        self.annotations_source.setToolTip(
+            "Loaded from groundTruth/<image name>.json when present; File › Open Annotations… loads any other file"
+        )
         self._class_grid.addWidget(self.annotations_source, len(names), 0, 1, 2)
 
     def set_heatmap_info(self, text: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QDockWidget, QMainWindow, QStackedWidget, QWidget
+from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QStackedWidget, QWidget
 
 from viewer import DEFAULT_STRIDE
 from viewer.agreement import agreement
@@ -99,13 +99,17 @@ class MainWindow(QMainWindow):
                                     ("Agreement", "agreement_dock", self.agreement_panel)):
             dock = QDockWidget(title, self)
             dock.setObjectName(name)  # saveState()/restoreState() identify docks by name
-            dock.setWidget(widget)
+            scroll = QScrollArea()  # small screens scroll the panel instead of squashing it
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setWidget(widget)
+            dock.setWidget(scroll)
             self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
             panels_menu.addAction(dock.toggleViewAction())
             docks.append(dock)
         # Give the image most of the width; a saved layout (restored below) overrides this.
         self.resizeDocks(docks, [300, 300], Qt.Orientation.Horizontal)
-        self.resizeDocks(docks, [520, 260], Qt.Orientation.Vertical)
+        self.resizeDocks(docks, [self.layers_panel.sizeHint().height() + 30, 200], Qt.Orientation.Vertical)
 
         self.model_loader = ModelLoader(self)
         self.runner = HeatmapRunner(self)

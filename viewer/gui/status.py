@@ -39,7 +39,7 @@ class StatusBar(QStatusBar):
         self.clear_cursor()
 
     def show_cursor(self, x: int, y: int, rgb: tuple[int, int, int] | None, probability: float | None) -> None:
-        self.position_label.setText(f"x {x:5d}  y {y:5d}")
+        self.position_label.setText(f"x {x}  y {y}")
         self.rgb_label.setText("RGB %3d %3d %3d" % rgb if rgb is not None else "")
         if probability is None:
             self.probability_label.setText("")
