@@ -163,3 +163,32 @@ def run_heatmap(qtbot):
         assert blocker.args == [True]
 
     return run
+
+
+@pytest.fixture
+def gated_engine(monkeypatch: pytest.MonkeyPatch):
+    """Make every heatmap run pause after its first tile until the test sets the returned Event.
+
+    Cancel and stale-result tests then know a run is still going when they act, however fast
+    the machine is (no sleeps, no races). Tests must set the Event before their window closes:
+    closing joins the worker threads, and pytest-qt closes windows before this fixture ends."""
+    import threading
+
+    import viewer.heatmap
+
+    gate = threading.Event()
+    real = viewer.heatmap.iter_heatmap_tiles
+
+    def gated(*args, **kwargs):
+        tiles = real(*args, **kwargs)
+        try:
+            for number, tile in enumerate(tiles):
+                yield tile
+                if number == 0:
+                    gate.wait(60)
+        finally:
+            tiles.close()
+
+    monkeypatch.setattr(viewer.heatmap, "iter_heatmap_tiles", gated)
+    yield gate
+    gate.set()  # never leave a worker thread waiting

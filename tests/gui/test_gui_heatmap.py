@@ -41,7 +41,8 @@ def test_paints_progressively_from_the_visible_centre(qtbot, make_window, open_a
     assert window.actions.export_heatmap.isEnabled()
 
 
-def test_first_tile_is_at_the_visible_centre(qtbot, make_window, open_and_wait, tiled_image: Path) -> None:
+def test_first_tile_is_at_the_visible_centre(qtbot, make_window, open_and_wait, gated_engine,
+                                            tiled_image: Path) -> None:
     window = make_window()
     open_and_wait(window, tiled_image)
     window.canvas.zoom_to(2.0)
@@ -53,11 +54,12 @@ def test_first_tile_is_at_the_visible_centre(qtbot, make_window, open_and_wait, 
     _, rows, cols, _ = first.args
     expected_first = plan_heatmap(700, 900, order_from=(cx, cy)).tiles[0]
     assert (rows, cols) == expected_first
-    with qtbot.waitSignal(window.heatmap_finished, timeout=60_000):
+    with qtbot.waitSignal(window.heatmap_finished, timeout=10_000):
         window.actions.cancel_heatmap.trigger()
+    gated_engine.set()  # release the paused worker before the window closes and joins it
 
 
-def test_cancel_stops_painting(qtbot, make_window, open_and_wait, tiled_image: Path) -> None:
+def test_cancel_stops_painting(qtbot, make_window, open_and_wait, gated_engine, tiled_image: Path) -> None:
     window = make_window()
     open_and_wait(window, tiled_image)
     tiles = []
@@ -71,6 +73,7 @@ def test_cancel_stops_painting(qtbot, make_window, open_and_wait, tiled_image: P
     count = len(tiles)
     from viewer.gui.worker import wait_for_workers
 
+    gated_engine.set()  # let the engine go on: the worker must notice the cancel and stop
     assert wait_for_workers(30_000)  # the worker really stops...
     qtbot.wait(50)  # ...and anything it still queued is dropped
     assert len(tiles) == count and np.isfinite(window.heatmap).sum() == painted
@@ -80,7 +83,7 @@ def test_cancel_stops_painting(qtbot, make_window, open_and_wait, tiled_image: P
     assert "Stopped" in window.layers_panel.heatmap_info.text()
 
 
-def test_opening_another_image_drops_stale_tiles(qtbot, make_window, open_and_wait,
+def test_opening_another_image_drops_stale_tiles(qtbot, make_window, open_and_wait, gated_engine,
                                                  tiled_image: Path, small_image: Path) -> None:
     window = make_window(auto_run=True)
     seen = []
@@ -88,14 +91,16 @@ def test_opening_another_image_drops_stale_tiles(qtbot, make_window, open_and_wa
     with qtbot.waitSignal(window.runner.tile_ready, timeout=60_000):
         open_and_wait(window, tiled_image)  # auto-run starts the heatmap
     with qtbot.waitSignal(window.heatmap_finished, timeout=60_000, check_params_cb=lambda ok: ok):
-        open_and_wait(window, small_image)
+        open_and_wait(window, small_image)  # the first run is paused after its first tile
         switch = len(seen)
-    assert tiled_image in seen[:switch]
+        gated_engine.set()  # now both runs may go on; only the new one may paint
+    assert seen[:switch] == [tiled_image]
     assert all(path == small_image for path in seen[switch:])
     assert window.heatmap.shape == (17, 22) and np.isfinite(window.heatmap).all()
 
 
-def test_runner_drops_tiles_of_a_superseded_request(qtbot, tiled_image: Path, small_image: Path, loaded_model) -> None:
+def test_runner_drops_tiles_of_a_superseded_request(qtbot, gated_engine, tiled_image: Path, small_image: Path,
+                                                    loaded_model) -> None:
     from viewer.gui.worker import HeatmapRunner, wait_for_workers
     from viewer.slide import open_slide
 
@@ -107,7 +112,8 @@ def test_runner_drops_tiles_of_a_superseded_request(qtbot, tiled_image: Path, sm
     with qtbot.waitSignal(runner.finished, timeout=60_000, check_params_cb=lambda req, ok: ok):
         second = runner.start(open_slide(small_image), loaded_model, None, 8, None)
         switch = len(got)
-    assert got[:switch] and all(r is first for r in got[:switch])
+        gated_engine.set()
+    assert got[:switch] == [first]
     assert got[switch:] and all(r is second for r in got[switch:])
     assert wait_for_workers(30_000)
 

@@ -18,6 +18,7 @@ from viewer import __version__
 from viewer.gui.icon import app_icon
 from viewer.gui.main_window import APP_NAME, MainWindow
 from viewer.gui.settings import APPLICATION, ORGANISATION
+from viewer.gui.worker import wait_for_workers
 
 
 def create_application(argv: list[str] | None = None) -> QApplication:
@@ -54,4 +55,7 @@ def run_gui(image: str | None = None, *, annotations: str | None = None, model: 
     sys.excepthook = _report_internal_error
     # Start the model load and the file read once the event loop runs, so the window paints first.
     QTimer.singleShot(0, lambda: window.start(image, annotations))
-    return int(app.exec())
+    code = int(app.exec())
+    # No worker thread may outlive the objects it signals (that crashes at interpreter exit).
+    wait_for_workers()
+    return code

@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self._run_when_model_ready = False
         self._open_generation = 0
         self._cells_done = 0
+        self._closing = False
 
         self.canvas = Canvas()
         self.heatmap_layer = HeatmapLayer(self.canvas)
@@ -123,6 +124,8 @@ class MainWindow(QMainWindow):
     # Start-up -------------------------------------------------------------------------------
     def start(self, image: str | None = None, annotations: str | None = None) -> None:
         """Begin loading the model in the background and open ``image`` if given."""
+        if self._closing:
+            return  # closed before the event loop got here
         self.load_model(self.model_path)
         if image:
             self.open_image(image, annotations)
@@ -170,6 +173,8 @@ class MainWindow(QMainWindow):
 
     def open_image(self, path: str | Path, annotations: str | Path | None = None) -> None:
         """Read ``path`` in the background; the window switches to it only if that succeeds."""
+        if self._closing:
+            return
         self._open_generation += 1
         self.status.showMessage(f"Opening {Path(path).name}…")
         run_in_background(
@@ -538,6 +543,7 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self._closing = True
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         self._open_generation += 1
