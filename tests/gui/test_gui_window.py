@@ -190,3 +190,27 @@ def test_close_image(qtbot, make_window, open_and_wait, small_image: Path) -> No
     assert window.windowTitle() == "HistoViewer"
     assert not window.actions.export_overlay.isEnabled()
     assert np.isfinite(window.canvas.zoom_level())
+
+
+def test_drop_annotations_onto_an_open_image(qtbot, make_window, open_and_wait, small_image: Path, tmp_path: Path) -> None:
+    window = make_window()
+    open_and_wait(window, small_image)
+    other = tmp_path / "other.json"
+    other.write_text('{"lumen": [{"x": 0.25, "y": 0.5}, {"x": 0.5, "y": 0.5}]}', encoding="utf-8")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(other))])
+    window.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                                Qt.KeyboardModifier.NoModifier))
+    qtbot.waitUntil(lambda: window.annotations.source == other)
+    assert window.annotations.counts()["lumen"] == 2 and window.annotation_layer.is_class_shown("lumen")
+    assert window.layers_panel._count_labels["lumen"].text() == "2"
+
+
+def test_about_shows_version_and_model_card(qtbot, make_window) -> None:
+    from viewer import __version__
+    from viewer.gui.about import AboutDialog
+
+    dialog = AboutDialog(None, make_window())
+    text = dialog.browser.toPlainText()
+    assert f"HistoViewer {__version__}" in text and "Research use only" in text
+    assert "BreCaHAD" in text

@@ -30,8 +30,7 @@ def read_image(path: str | Path, annotations_path: str | Path | None = None) -> 
     """Open ``path`` and its annotations (``annotations_path`` or the BreCaHAD ground truth)."""
     slide = open_slide(path)
     pyramid = build_pyramid(slide.pixels)
-    explicit = annotations_path is not None
-    source = Path(annotations_path) if explicit else find_annotations_for(slide.path)
+    source = Path(annotations_path) if annotations_path is not None else find_annotations_for(slide.path)
     annotations, problem = None, None
     if source is not None:
         try:

@@ -343,9 +343,11 @@ class MainWindow(QMainWindow):
         self._update_agreement()
 
     def cancel_heatmap(self) -> None:
-        self._run_when_model_ready = False
-        if not self.runner.cancel():
+        waiting, self._run_when_model_ready = self._run_when_model_ready, False
+        if not self.runner.cancel() and waiting:  # nothing ran yet: it was waiting for the model
             self.status.show_progress(None)
+            self.layers_panel.set_heatmap_info("No heatmap yet (Analysis › Run Heatmap, Ctrl+R)")
+            self._update_actions()
 
     def _on_tile(self, request: HeatmapRequest, rows: slice, cols: slice, probabilities: np.ndarray) -> None:
         # The runner only forwards tiles of the current request, for the current image.
