@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt
+# Before any QApplication exists: tests never need (or open) a real display.
+if not os.environ.get("QT_QPA_PLATFORM"):
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 from pathlib import Path
 
