@@ -17,7 +17,7 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QStackedWidget, QWidget
 
 from viewer import DEFAULT_STRIDE
-from viewer.agreement import agreement
+from viewer.agreement import AgreementResult, agreement
 from viewer.annotations import Annotations, load_annotations
 from viewer.colormaps import colormap_lut
 from viewer.errors import InputError
@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.heatmap: np.ndarray | None = None
         self.heatmap_complete = False
         self.heatmap_stride = DEFAULT_STRIDE
+        self.agreement_result: AgreementResult | None = None
         self.model: object | None = None
         self.model_path = model_path or None
         self._model_problem: str | None = None
@@ -389,6 +390,8 @@ class MainWindow(QMainWindow):
 
     # Agreement ------------------------------------------------------------------------------
     def _update_agreement(self) -> None:
+        """Recompute the agreement table (after a run ends or the annotations change)."""
+        self.agreement_result = None
         if self.annotations is None or self.heatmap is None:
             self.agreement_panel.show_result(None, "Needs annotations and a heatmap.")
             return
@@ -396,20 +399,20 @@ class MainWindow(QMainWindow):
             self.agreement_panel.show_result(None, "Waiting for the heatmap to finish…")
             return
         slide = self.opened.slide
-        result = agreement(self.heatmap, self.annotations, slide.width, slide.height, stride=self.heatmap_stride)
+        self.agreement_result = agreement(self.heatmap, self.annotations, slide.width, slide.height,
+                                          stride=self.heatmap_stride)
         note = "" if self.heatmap_complete else "Partial heatmap: only computed cells are compared."
-        self.agreement_panel.show_result(result, note)
+        self.agreement_panel.show_result(self.agreement_result, note)
 
     def export_agreement(self) -> None:
         from viewer.agreement import agreement_to_csv
 
-        if self.opened is None or self.annotations is None or self.heatmap is None:
+        result = self.agreement_result
+        if result is None:
             return
         target = dialogs.ask_save_path(self, "Export Agreement", self._suggest("agreement.csv"), "CSV (*.csv)", ".csv")
         if target is None:
             return
-        slide = self.opened.slide
-        result = agreement(self.heatmap, self.annotations, slide.width, slide.height, stride=self.heatmap_stride)
         try:
             agreement_to_csv(result, target[0], force=target[1])
         except InputError as exc:
