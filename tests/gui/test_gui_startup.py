@@ -32,3 +32,26 @@ def test_window_appears_before_tensorflow_is_imported(tmp_path: Path, small_imag
                             timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
     assert "TF_AT_SHOW False" in result.stdout, result.stdout + result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+EMITS = r"""
+import sys
+import viewer.gui.main_window  # applies the work-arounds for the Qt bindings
+from PySide6.QtCore import QObject, Signal
+
+class Sender(QObject):
+    changed = Signal(object)
+
+sender = Sender()
+sender.changed.connect(lambda value: None)
+for i in range(50_000):  # PySide6 6.12.0 alone aborts ("bool_dealloc") long before this
+    sender.changed.emit(i)
+print("survived", flush=True)
+"""
+
+
+def test_many_signal_emits_do_not_crash_the_interpreter(tmp_path: Path) -> None:
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    result = subprocess.run([sys.executable, "-c", EMITS], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0 and "survived" in result.stdout, result.stderr[-2000:]

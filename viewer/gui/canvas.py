@@ -16,6 +16,11 @@ from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QMouseEvent
 from PySide6.QtWidgets import QWidget
 
+from viewer.gui.qt_workarounds import apply_workarounds
+
+# Before anything emits signals: see qt_workarounds (PySide6 6.12.0 loses a reference per emit).
+apply_workarounds()
+
 # Row-major arrays are what numpy, tifffile and the core hand us; say so once, globally.
 pg.setConfigOptions(imageAxisOrder="row-major")
 

@@ -19,10 +19,14 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from viewer.errors import InputError
+from viewer.gui.qt_workarounds import apply_workarounds
 from viewer.slide import Slide
 
 if TYPE_CHECKING:  # superqt is imported on first use: its package import costs ~0.2 s of start-up
     from superqt.utils import FunctionWorker, GeneratorWorker
+
+# Before anything emits signals: see qt_workarounds (PySide6 6.12.0 loses a reference per emit).
+apply_workarounds()
 
 _generations = itertools.count(1)
 
