@@ -240,7 +240,8 @@ class MainWindow(QMainWindow):
             action = menu.addAction(f"&{number % 10}  {Path(path).name}")
             action.setToolTip(path)
             action.setStatusTip(path)
-            action.triggered.connect(partial(self.open_image, path))
+            # not partial(): triggered(bool) would land in open_image's annotations argument
+            action.triggered.connect(lambda _checked=False, path=path: self.open_image(path))
         if not files:
             menu.addAction("No recent images").setEnabled(False)
         menu.addSeparator()
