@@ -152,11 +152,6 @@ def test_export_bad_inputs(capsys, files, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    reason="export prints 'note: no annotations found' to stderr before the model fails to load "
-    "(two lines); needs a change in viewer/commands/export.py (see the issue #5 report)",
-    strict=False,
-)
 def test_export_with_auto_annotations_still_prints_one_line(capsys, files, tmp_path):
     code, _, err = run(capsys, "export", files["image"], "--out", tmp_path / "o.png", "--model", files["corrupt_model"])
     assert_bad_input(code, err, "corrupt.keras")
