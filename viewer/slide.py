@@ -61,6 +61,13 @@ class Slide:
         return int(self.pixels.shape[1])
 
 
+MAX_TIFF_PAGES = 100_000
+"""TIFF files with more image directories (pages) than this are refused before tifffile parses them.
+
+tifffile builds an object per page to find the image series; a forged directory chain (or a loop
+that tifffile does not notice, e.g. two directories pointing at each other) would otherwise keep
+it busy for minutes or forever on a 6 kB file."""
+
 MAX_CHANNELS = 16
 """Images with more samples per pixel than this are refused before decoding (RGB(A) has 3-4)."""
 
@@ -277,9 +284,58 @@ def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
     return _first_plane(data, axes, notes)
 
 
+def _check_ifd_chain(path: Path, max_pages: int | None = None) -> int:
+    """Walk the chain of TIFF image directories without decoding anything; return its length.
+
+    Refuses a chain that loops back on itself or is absurdly long. Damage beyond that (offsets
+    past the end of the file, truncated directories) is left for tifffile to report.
+    """
+    import struct
+
+    max_pages = MAX_TIFF_PAGES if max_pages is None else max_pages
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(0)
+        header = fh.read(16)
+        order = "<" if header[:2] == b"II" else ">"
+        version = struct.unpack(order + "H", header[2:4])[0]
+        if version == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+            if len(header) < 16:
+                return 0
+            offset = struct.unpack(order + "Q", header[8:16])[0]
+            count_fmt, count_size, entry_size, offset_fmt, offset_size, first = "Q", 8, 20, "Q", 8, 16
+        else:
+            if len(header) < 8:
+                return 0
+            offset = struct.unpack(order + "I", header[4:8])[0]
+            count_fmt, count_size, entry_size, offset_fmt, offset_size, first = "H", 2, 12, "I", 4, 8
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise ImageError("is corrupt: its chain of image directories loops back on itself", path)
+            if offset < first or offset + count_size > size:
+                break
+            seen.add(offset)
+            if len(seen) > max_pages:
+                raise ImageError(
+                    f"has more than {max_pages} pages (image directories); it is damaged or not a slide image",
+                    path,
+                )
+            fh.seek(offset)
+            entries = struct.unpack(order + count_fmt, fh.read(count_size))[0]
+            next_at = offset + count_size + entries * entry_size
+            if next_at + offset_size > size:
+                break
+            fh.seek(next_at)
+            offset = struct.unpack(order + offset_fmt, fh.read(offset_size))[0]
+    return len(seen)
+
+
 def _read_tiff_first_plane(path: Path, limit: int, notes: list[str]) -> tuple[np.ndarray, str]:
     import tifffile
 
+    _check_ifd_chain(path)
     with warnings.catch_warnings():
         # tifffile warns (rather than raising) about some damaged tags; the decode below
         # still fails loudly if the pixels are unusable.

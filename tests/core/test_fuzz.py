@@ -237,6 +237,15 @@ def test_mutated_images_open_or_refuse(seed):
     check()
 
 
+def test_fuzz_regression_looped_directory_chain():
+    """Found by a long fuzz run: one deleted and 8 inserted bytes made two directories point at
+    each other, and tifffile walked the loop forever (212,000 pages in 8 s and counting)."""
+    path = FUZZ_DIR / "regression-loop.tif"
+    path.write_bytes(mutate(SEEDS["deflate"], [("delete", 12198, b"\xa9"), ("insert", 52, b"W_t\xc0\xf1\x88\x0c(")]))
+    with pytest.raises(ImageError, match="loops back"):
+        open_slide(path)
+
+
 @FUZZ
 @given(st.integers(min_value=0, max_value=len(SEEDS["deflate"])), st.sampled_from(sorted(SEEDS)))
 def test_every_truncation_opens_or_refuses(cut, seed):

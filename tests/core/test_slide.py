@@ -595,3 +595,51 @@ def test_damaged_tags_become_a_note_not_stderr_output(tmp_path, capfd):
 def test_image_suffixes_are_lowercase_with_dots():
     assert all(s.startswith(".") and s == s.lower() for s in IMAGE_SUFFIXES)
     assert {".tif", ".tiff", ".png", ".jpg", ".jpeg"} <= set(IMAGE_SUFFIXES)
+
+
+# --------------------------------------------------------------------------- directory chains
+
+
+def _with_next_ifd(data: bytes, page: int, target_page: int | None, *, big: bool = False) -> bytes:
+    """Point page ``page``'s next-directory offset at page ``target_page`` (None: at itself)."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        offsets = [p.offset for p in tif.pages]
+    count_fmt, count_size, entry_size, offset_fmt = ("<Q", 8, 20, "<Q") if big else ("<H", 2, 12, "<I")
+    at = offsets[page]
+    entries = struct.unpack(count_fmt, data[at : at + count_size])[0]
+    pointer = at + count_size + entries * entry_size
+    target = offsets[page if target_page is None else target_page]
+    out = bytearray(data)
+    out[pointer : pointer + struct.calcsize(offset_fmt)] = struct.pack(offset_fmt, target)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("pages", "loop_from", "loop_to", "big"),
+    [(2, 1, 0, False), (3, 2, 1, False), (1, 0, None, False), (2, 1, 0, True)],
+    ids=["two-page-loop", "three-page-loop", "self-loop", "bigtiff-loop"],
+)
+def test_looped_directory_chain_is_refused_quickly(tmp_path, pages, loop_from, loop_to, big):
+    """Found by fuzzing: two directories pointing at each other kept tifffile busy forever."""
+    import time
+
+    stack = np.stack([RGB] * pages) if pages > 1 else RGB
+    data = _with_next_ifd(tiff_bytes(stack, photometric="rgb", bigtiff=big), loop_from, loop_to, big=big)
+    path = tmp_path / "loop.tif"
+    path.write_bytes(data)
+    start = time.monotonic()
+    with pytest.raises(ImageError) as info:
+        open_slide(path)
+    assert time.monotonic() - start < 5
+    assert_one_line(info, path, "loops back")
+
+
+def test_too_many_pages_are_refused_before_parsing(tmp_path, monkeypatch):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([RGB] * 4), photometric="rgb")
+    monkeypatch.setattr(slide_module, "MAX_TIFF_PAGES", 3)
+    with pytest.raises(ImageError) as info:
+        open_slide(path)
+    assert_one_line(info, path, "more than 3 pages")
+    monkeypatch.setattr(slide_module, "MAX_TIFF_PAGES", 4)
+    assert any("4 pages" in n for n in opened(path).notes)
