@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -50,9 +51,13 @@ def import_keras():
 
         return keras
     quiet = not os.environ.get("HISTOVIEWER_DEBUG")
-    with _native_stderr_captured(enabled=quiet):
+    # One thread at a time: two overlapping fd-2 swaps could leave stderr pointing at a temp file.
+    with _IMPORT_LOCK, _native_stderr_captured(enabled=quiet and "keras" not in sys.modules):
         import keras
     return keras
+
+
+_IMPORT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

@@ -214,3 +214,18 @@ def test_importing_keras_prints_nothing_on_stderr():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert result.stderr == ""
+
+
+def test_concurrent_import_keras_leaves_stderr_working():
+    """Two threads importing at once must not leave fd 2 pointing at a temporary file."""
+    code = (
+        "import sys, threading\n"
+        "from viewer.model import import_keras\n"
+        "threads = [threading.Thread(target=import_keras) for _ in range(3)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print('stderr still works', file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HISTOVIEWER_DEBUG",)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "stderr still works\n"
