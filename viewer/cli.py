@@ -112,14 +112,14 @@ def _check_not_a_mistyped_command(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``histoviewer`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    if debug:
+    state = {"debug": "--debug" in argv}  # also set by _run when argparse sees an abbreviation
+    if state["debug"]:
         os.environ["HISTOVIEWER_DEBUG"] = "1"  # lets import_keras show TensorFlow's native logs
     try:
-        with _quiet_libraries(enabled=not debug):
-            return _run(argv)
+        with _quiet_libraries(enabled=not state["debug"]):
+            return _run(argv, state)
     except InputError as exc:
-        return _fail(EXIT_INPUT, f"{PROG}: error: {exc}", debug)
+        return _fail(EXIT_INPUT, f"{PROG}: error: {exc}", state["debug"])
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -135,18 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(
             EXIT_INTERNAL,
             f"{PROG}: error: ran out of memory (try a smaller image, or raise the memory available)",
-            debug,
+            state["debug"],
         )
     except OSError as exc:
         if exc.errno in _USER_OS_ERRNOS:
             where = f"{exc.filename}: " if exc.filename else ""
-            return _fail(EXIT_INPUT, f"{PROG}: error: {where}{exc.strerror or exc}", debug)
-        return _internal(exc, debug)
+            return _fail(EXIT_INPUT, f"{PROG}: error: {where}{exc.strerror or exc}", state["debug"])
+        return _internal(exc, state["debug"])
     except Exception as exc:  # a bug, not the user's fault
-        return _internal(exc, debug)
+        return _internal(exc, state["debug"])
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str], state: dict) -> int:
     if _wants_gui(argv):
         _check_not_a_mistyped_command(argv)
         args = _gui_parser().parse_args(argv)
@@ -159,6 +159,7 @@ def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "debug", False):
+        state["debug"] = True
         os.environ["HISTOVIEWER_DEBUG"] = "1"
         logging.disable(logging.NOTSET)
         warnings.resetwarnings()

@@ -234,15 +234,17 @@ def test_internal_error_exits_1_with_a_short_message(capsys, broken_heatmap, fil
     assert "something broke" in lines[0] and len(lines[0]) < 300
 
 
-@pytest.mark.parametrize("where", ["before", "after", "middle"])
+@pytest.mark.parametrize("where", ["before", "after", "middle", "abbreviated"])
 def test_debug_shows_the_traceback_wherever_it_is_placed(capsys, broken_heatmap, files, tmp_path, where):
     argv = ["heatmap", str(files["image"]), "--out", str(tmp_path / "h.npy")]
     if where == "before":
         argv = ["--debug", *argv]
     elif where == "after":
         argv = [*argv, "--debug"]
-    else:
+    elif where == "middle":
         argv = [*argv[:2], "--debug", *argv[2:]]
+    else:
+        argv = [*argv, "--deb"]  # argparse accepts unique prefixes
     code, _, err = run(capsys, *argv)
     assert code == 1
     assert "Traceback (most recent call last)" in err and "RuntimeError: something broke" in err
