@@ -228,8 +228,9 @@ def _check_channels(path: Path, channels: int, itemsize: int, width: int, height
     """Refuse, from the header alone, pixel layouts that would need a huge decode buffer."""
     if channels > MAX_CHANNELS:
         raise ImageError(f"has {channels} samples per pixel; expected grey, RGB or RGBA", path)
-    # RGBA float64 is the largest layout to_rgb_uint8 accepts: 32 bytes per pixel.
-    if width * height * channels * itemsize > limit * 32:
+    # Budget: 8 bytes per allowed pixel (16-bit RGBA at the limit; 8-bit RGB needs 3). Beyond
+    # that a small compressed file could expand to tens of GB (e.g. float64 RGBA zeros).
+    if width * height * channels * itemsize > limit * 8:
         raise ImageError(
             f"needs {width * height * channels * itemsize / 1e9:.1f} GB to decode, above what the "
             "pixel limit allows; raise HISTOVIEWER_MAX_PIXELS to open it",
@@ -435,7 +436,11 @@ def _read_with_pillow(path: Path, head: bytes, limit: int, notes: list[str]) -> 
 
 
 def to_rgb_uint8(pixels: np.ndarray, path: str | Path, notes: list[str] | None = None) -> np.ndarray:
-    """Convert grey, 16-bit, float or RGBA pixels to (H, W, 3) uint8, noting what was done."""
+    """Convert grey, 16-bit, float or RGBA pixels to (H, W, 3) uint8, noting what was done.
+
+    Conversions run over blocks of rows, so the temporaries stay small (tens of MB) whatever the
+    image size: only the input and the uint8 result are ever whole in memory.
+    """
     notes = [] if notes is None else notes
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -447,7 +452,7 @@ def to_rgb_uint8(pixels: np.ndarray, path: str | Path, notes: list[str] | None =
         raise ImageError(f"has unsupported pixel layout (shape {arr.shape})", path)
     channels = arr.shape[-1]
     if channels not in (1, 3, 4):
-        if channels > 4 and channels < 16:
+        if channels > 4 and channels < MAX_CHANNELS:
             notes.append(f"{channels} channels; the first three shown as RGB")
             arr = arr[..., :3]
         else:
@@ -455,49 +460,78 @@ def to_rgb_uint8(pixels: np.ndarray, path: str | Path, notes: list[str] | None =
     arr = _to_uint8(arr, path, notes)
     if arr.shape[-1] == 4:
         # Transparent regions of slide scans are background glass: composite over white.
-        alpha = arr[..., 3:4].astype(np.uint16)
-        rgb = arr[..., :3].astype(np.uint16)
-        arr = ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+        arr = _by_rows(arr, 3, _over_white)
         notes.append("alpha channel composited over white")
     elif arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     return arr
 
 
+_BLOCK_ELEMENTS = 1 << 22
+"""Array elements converted per block of rows (4 M: a float64 temporary of 32 MB)."""
+
+
+def _by_rows(arr: np.ndarray, out_channels: int, convert) -> np.ndarray:
+    """Apply ``convert`` (block -> uint8 block) over blocks of rows into one uint8 result."""
+    height = arr.shape[0]
+    per_row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)))
+    step = max(1, _BLOCK_ELEMENTS // per_row)
+    out = np.empty((height, arr.shape[1], out_channels), dtype=np.uint8)
+    for start in range(0, height, step):
+        out[start : start + step] = convert(arr[start : start + step])
+    return out
+
+
+def _over_white(block: np.ndarray) -> np.ndarray:
+    alpha = block[..., 3:4].astype(np.uint16)
+    rgb = block[..., :3].astype(np.uint16)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    step = max(1, _BLOCK_ELEMENTS // max(1, int(np.prod(arr.shape[1:], dtype=np.int64))))
+    return all(np.isfinite(arr[start : start + step]).all() for start in range(0, arr.shape[0], step))
+
+
 def _to_uint8(arr: np.ndarray, path: str | Path, notes: list[str]) -> np.ndarray:
     kind = arr.dtype.kind
+    channels = arr.shape[-1]
     if arr.dtype == np.uint8:
         return arr
     if kind == "b":
-        return arr.astype(np.uint8) * 255
-    if kind == "u":
+        return _by_rows(arr, channels, lambda b: b.astype(np.uint8) * np.uint8(255))
+    if kind in "ui":
+        top = int(arr.max(initial=0))
+        if kind == "i":
+            if int(arr.min(initial=0)) < 0:
+                raise ImageError("has negative pixel values; expected an RGB photograph of a slide", path)
+            notes.append(f"signed {arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
+        else:
+            notes.append(f"{arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
         # Many 16-bit scanners use only 10-14 bits: scale by the data's bit depth, not 65535,
         # so the image is not shown nearly black.
-        top = int(arr.max(initial=0))
-        bits = max(8, int(top).bit_length())
-        notes.append(f"{arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
-        return (arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5).astype(np.uint8)
-    if kind == "i":
-        top = int(arr.max(initial=0))
-        if int(arr.min(initial=0)) < 0:
-            raise ImageError("has negative pixel values; expected an RGB photograph of a slide", path)
         bits = max(8, top.bit_length())
-        notes.append(f"signed {arr.dtype.itemsize * 8}-bit image scaled to 8 bits")
-        return (arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5).astype(np.uint8)
+        scale = 255.0 / ((1 << bits) - 1)
+        return _by_rows(arr, channels, lambda b: (b.astype(np.float64) * scale + 0.5).astype(np.uint8))
     if kind == "f":
-        if not np.isfinite(arr).all():
+        if not _all_finite(arr):
             raise ImageError("has NaN or infinite pixel values", path)
         lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
         if lo >= 0.0 and hi <= 1.0:
             notes.append("floating-point image in [0, 1] scaled to 8 bits")
-            scaled = arr * 255.0
+            offset, scale = 0.0, 255.0
         elif lo >= 0.0 and hi <= 255.0:
             notes.append("floating-point image in [0, 255] converted to 8 bits")
-            scaled = arr
+            offset, scale = 0.0, 1.0
         else:
             notes.append(f"floating-point image with range [{lo:g}, {hi:g}] stretched to 8 bits")
-            scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+            offset, scale = lo, (255.0 / (hi - lo) if hi > lo else 0.0)
+
+        def convert(block: np.ndarray) -> np.ndarray:
+            scaled = (block.astype(np.float64) - offset) * scale
+            return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+        return _by_rows(arr, channels, convert)
     raise ImageError(f"has unsupported pixel type {arr.dtype}", path)
 
 

@@ -643,3 +643,39 @@ def test_too_many_pages_are_refused_before_parsing(tmp_path, monkeypatch):
     assert_one_line(info, path, "more than 3 pages")
     monkeypatch.setattr(slide_module, "MAX_TIFF_PAGES", 4)
     assert any("4 pages" in n for n in opened(path).notes)
+
+
+# --------------------------------------------------------------------------- memory bounds
+
+
+def test_decode_budget_refuses_wide_pixel_types_from_the_header(tmp_path):
+    """float64 RGBA needs 32 bytes per pixel: a small compressed file could expand to tens of GB."""
+    path = tmp_path / "f64rgba.tif"
+    data = np.zeros((40, 40, 4), np.float64)
+    data[..., 3] = 1.0
+    tifffile.imwrite(path, data, photometric="rgb", extrasamples=[2], compression="zlib")
+    with pytest.raises(ImageError) as info:
+        open_slide(path, max_pixels=1600)  # 1600 px allowed, but 51 kB to decode > 8 bytes/px
+    assert_one_line(info, path, "to decode", "HISTOVIEWER_MAX_PIXELS")
+    assert opened(path, max_pixels=6400).width == 40
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        RNG.integers(0, 4096, (70, 90, 3), dtype=np.uint16),
+        RNG.integers(0, 300, (70, 90), dtype=np.int32),
+        RNG.random((70, 90, 3), dtype=np.float32),
+        RNG.random((70, 90, 3)) * 1000 - 5,
+        RNG.integers(0, 256, (70, 90, 4), dtype=np.uint8),
+        RNG.random((70, 90, 4), dtype=np.float32),
+        RNG.integers(0, 2, (70, 90), dtype=np.uint8).astype(bool),
+    ],
+    ids=["u12", "i32", "f32-unit", "f64-stretch", "rgba8", "rgba-float", "bool"],
+)
+def test_conversion_in_row_blocks_matches_whole_array(monkeypatch, pixels):
+    whole = to_rgb_uint8(pixels, "x.tif")
+    monkeypatch.setattr(slide_module, "_BLOCK_ELEMENTS", 100)  # ~1 row per block
+    blocks = to_rgb_uint8(pixels, "x.tif")
+    np.testing.assert_array_equal(blocks, whole)
+    assert blocks.dtype == np.uint8 and blocks.shape == (70, 90, 3)
