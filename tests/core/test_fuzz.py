@@ -38,16 +38,16 @@ FUZZ = settings(
 )
 FUZZ_SMALL = settings(FUZZ, max_examples=60)
 
-FUZZ_DIR = Path(tempfile.mkdtemp(prefix="histoviewer-fuzz-"))
-"""One scratch folder for the module (hypothesis examples cannot use function-scoped tmp_path)."""
+FUZZ_DIR = Path(tempfile.gettempdir())
+"""One scratch folder for the module (hypothesis examples cannot use function-scoped tmp_path);
+set to a fresh folder by the autouse fixture below before any test runs."""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _scratch_cleanup():
+def _scratch_folder(tmp_path_factory):
+    global FUZZ_DIR
+    FUZZ_DIR = tmp_path_factory.mktemp("fuzz")
     yield
-    for path in FUZZ_DIR.iterdir():
-        path.unlink()
-    FUZZ_DIR.rmdir()
 
 
 # --------------------------------------------------------------------------- annotations
