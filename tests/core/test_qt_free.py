@@ -106,11 +106,6 @@ def test_the_contract_covers_the_core_modules():
         assert name in sources
 
 
-@pytest.mark.xfail(
-    reason="pyproject.toml's [tool.importlinter] lacks include_external_packages = true, which "
-    "import-linter requires for external forbidden modules (PySide6...); see the issue #5 report",
-    strict=False,
-)
 def test_import_linter_runs_with_pyproject_as_is():
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     if not Path(exe).exists():
