@@ -211,3 +211,17 @@ def test_export_notes_missing_annotations_only_after_success(paths, capsys):
     one_line_error(capsys, "corrupt.keras")  # the error alone, no 'no annotations' note before it
     assert main(["export", str(lone), "--out", str(out / "l.png"), "--model", str(model)]) == 0
     assert "no annotations found for lone.tif" in capsys.readouterr().err
+
+
+def test_export_classes_option_draws_only_those_classes(paths, capsys):
+    image, model, out = paths
+    assert main(["export", str(image), "--out", str(out / "t.png"), "--no-heatmap", "--classes", "tumor"]) == 0
+    ann = load_annotations(image.parent.parent / "groundTruth" / "slide_01.json")
+    pixels = tifffile.imread(image)
+    expected = compose(pixels, None, ann, OverlayStyle(visible_classes=("tumor",)))
+    got = np.asarray(Image.open(out / "t.png"))
+    np.testing.assert_array_equal(got, expected)
+    # the non-tumour marker is really left out
+    assert not np.array_equal(got, compose(pixels, None, ann, OverlayStyle()))
+    assert main(["export", str(image), "--out", str(out / "e.png"), "--no-heatmap", "--classes", " , "]) == 2
+    one_line_error(capsys, "--classes")

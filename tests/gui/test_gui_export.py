@@ -100,3 +100,24 @@ def test_agreement_csv(qtbot, make_window, dialogs_seen, open_and_wait, run_heat
     with qtbot.waitSignal(window.exported, timeout=30_000):
         panel.export_button.click()
     assert target.read_text().splitlines()[0].startswith("row,class,points")
+
+
+def test_hidden_classes_export_matches_cli_classes_option(qtbot, make_window, dialogs_seen, open_and_wait,
+                                                          small_image: Path, tmp_path: Path) -> None:
+    window = make_window()
+    open_and_wait(window, small_image)
+    window.actions.show_heatmap.trigger()  # heatmap off: no model needed on either side
+    boxes = window.layers_panel._class_boxes
+    hidden = [name for name in boxes if name != "tumor"]
+    for name in hidden:
+        boxes[name].setChecked(False)
+    gui_file = tmp_path / "gui_classes.png"
+    _export(qtbot, window, dialogs_seen, window.actions.export_overlay, gui_file)
+
+    cli_file = tmp_path / "cli_classes.png"
+    assert cli_main(["export", str(small_image), "--out", str(cli_file), "--no-heatmap", "--classes", "tumor"]) == 0
+    gui, cli = np.asarray(Image.open(gui_file)), np.asarray(Image.open(cli_file))
+    assert np.array_equal(gui, cli)
+    everything = tmp_path / "all.png"
+    assert cli_main(["export", str(small_image), "--out", str(everything), "--no-heatmap"]) == 0
+    assert not np.array_equal(gui, np.asarray(Image.open(everything)))  # a marker really was hidden

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
                         help=f"heatmap colours: {', '.join(COLORMAPS)} (default {DEFAULT_COLORMAP})")
     parser.add_argument("--threshold", type=float, default=defaults.threshold,
                         help="hide heatmap cells with probability below this, in [0, 1] (default 0: show all)")
+    parser.add_argument("--classes", default=None, metavar="NAME[,NAME...]",
+                        help="draw only these annotation classes, e.g. tumor,mitosis (default: all; "
+                        "the GUI's per-class toggles give the same result)")
     parser.add_argument("--legend", action="store_true", help="add a legend panel on the right (colour bar and classes)")
     parser.add_argument("--marker-radius", type=int, default=defaults.marker_radius, help=f"ring radius in pixels (default {defaults.marker_radius})")
     parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help=f"heatmap step in pixels (default {DEFAULT_STRIDE})")
@@ -79,7 +82,19 @@ def style_from_args(args):
         marker_radius=args.marker_radius,
         legend=args.legend,
         stride=check_stride(args.stride),
+        visible_classes=_visible_classes(args.classes),
     )
+
+
+def _visible_classes(text: str | None) -> tuple[str, ...] | None:
+    """Parse ``--classes``: None keeps every class; names are checked only for emptiness, since
+    files may carry classes of their own beyond BreCaHAD's seven."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise InputError("--classes needs at least one class name, e.g. --classes tumor,mitosis")
+    return names
 
 
 def run(args) -> int:
