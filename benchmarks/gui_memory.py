@@ -58,24 +58,6 @@ def images(count: int) -> tuple[list[Path], str]:
     return paths, "synthetic 1360x1024 images (BreCaHAD subset not found)"
 
 
-def wait_for(signal, timeout_s: float = 600.0) -> list:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop, got = QEventLoop(), []
-
-    def done(*args):
-        got.append(args)
-        loop.quit()
-
-    signal.connect(done)
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec()
-    signal.disconnect(done)
-    if not got:
-        sys.exit(f"timed out after {timeout_s:.0f} s")
-    return list(got[0])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
@@ -85,6 +67,7 @@ def main() -> int:
     from PySide6.QtCore import QSettings
 
     from viewer.gui.app import create_application
+    from viewer.gui.wait import wait_for
 
     app = create_application()
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,

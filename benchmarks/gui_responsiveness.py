@@ -68,25 +68,6 @@ def pick_model() -> tuple[str | None, str]:
     return str(path), "random model (bundled model not found)"
 
 
-def wait_for(signal, timeout_s: float = 600.0) -> list:
-    """Run the event loop until ``signal`` fires; returns its arguments."""
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop, got = QEventLoop(), []
-
-    def done(*args):
-        got.append(args)
-        loop.quit()
-
-    signal.connect(done)
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec()
-    signal.disconnect(done)
-    if not got:
-        sys.exit(f"timed out after {timeout_s:.0f} s")
-    return list(got[0])
-
-
 class GapRecorder:
     """Max and percentiles of the gaps between ticks of a 5 ms timer."""
 
@@ -143,6 +124,7 @@ def main() -> int:
     args, _unknown = parser.parse_known_args()  # run_all.py passes its arguments to every benchmark
 
     from viewer.gui.app import create_application
+    from viewer.gui.wait import wait_for
 
     app = create_application()
     isolate_settings()

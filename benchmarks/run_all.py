@@ -1,7 +1,7 @@
 """Run every benchmark in this folder, one after the other: ``python benchmarks/run_all.py``.
 
 Each benchmark measures its own baseline in the same run and prints ratios, because timings on
-a shared 2-core machine are noisy. Extra arguments are passed to every benchmark.
+a shared 2-core machine are noisy.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main() -> int:
     failed = []
     for script in scripts:
         print(f"\n=== {script.name} ===", flush=True)
-        if subprocess.call([sys.executable, str(script), *sys.argv[1:]]) != 0:
+        if subprocess.call([sys.executable, str(script)]) != 0:
             failed.append(script.name)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")

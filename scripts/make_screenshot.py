@@ -25,23 +25,6 @@ DEFAULT_IMAGE = REPO.parent / "shared" / "data" / "brecahad-subset" / "images" /
 MAX_BYTES = 1_000_000
 
 
-def wait_for(signal, timeout_s: float = 300.0) -> list:
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop, got = QEventLoop(), []
-
-    def done(*args):
-        got.append(args)
-        loop.quit()
-
-    signal.connect(done)
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec()
-    if not got:
-        sys.exit(f"timed out after {timeout_s:.0f} s")
-    return list(got[0])
-
-
 def save_small_png(qimage, out: Path) -> int:
     """Save as PNG under 1 MB: full colour if it fits, else with the low bits of each channel
     dropped (invisible on screen, and it keeps every UI colour), palette only as a last resort."""
@@ -77,6 +60,7 @@ def main() -> int:
     from PySide6.QtCore import QSettings
 
     from viewer.gui.app import create_application
+    from viewer.gui.wait import wait_for
 
     app = create_application()
     # Default settings, not the user's: the screenshot shows what a new user sees.
