@@ -11,7 +11,6 @@ import json
 import math
 import numbers
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from viewer.errors import AnnotationError
+from viewer.errors import AnnotationError, os_reason, stat_input_file
 
 CLASSES: tuple[str, ...] = ("tumor", "non_tumor", "mitosis", "non_mitosis", "apoptosis", "lumen", "non_lumen")
 """The seven BreCaHAD classes, in the order the legend shows them."""
@@ -176,32 +175,17 @@ def parse_annotations(data: Any, source: str | Path | None = None) -> Annotation
 def load_annotations(path: str | Path) -> Annotations:
     """Read a BreCaHAD groundTruth JSON file."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise AnnotationError("file not found", path) from None
-    except NotADirectoryError:
-        raise AnnotationError("file not found (a parent of it is a file, not a folder)", path) from None
-    except ValueError as exc:  # e.g. an embedded NUL byte
-        raise AnnotationError(f"is not a valid file name ({exc})", path) from None
-    except OSError as exc:
-        raise AnnotationError(f"cannot be opened ({_os_reason(exc)})", path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise AnnotationError("is a folder, not an annotation file", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise AnnotationError("is not a regular file (a device, pipe or socket), not an annotation file", path)
+    st = stat_input_file(path, AnnotationError, "an annotation file")
     limit = MAX_ANNOTATION_BYTES
     if st.st_size > limit:
         raise AnnotationError(_too_large(st.st_size, limit), path)
-    if not os.access(path, os.R_OK):
-        raise AnnotationError("cannot be read (permission denied)", path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read(limit + 1)  # bounded even if the file grows while we read it
     except PermissionError:
         raise AnnotationError("cannot be read (permission denied)", path) from None
     except OSError as exc:
-        raise AnnotationError(f"cannot be read ({_os_reason(exc)})", path) from None
+        raise AnnotationError(f"cannot be read ({os_reason(exc)})", path) from None
     if len(raw) > limit:
         raise AnnotationError(_too_large(len(raw), limit), path)
     if not raw.strip():
@@ -297,12 +281,6 @@ def _quote(name: str) -> str:
 def _first_line(text: str) -> str:
     line = " ".join(str(text).split())
     return line[:160] if line else "unknown error"
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _json_type(value: Any) -> str:

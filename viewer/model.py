@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import sys
 import tempfile
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from viewer import PATCH_SIZE
-from viewer.errors import ModelError
+from viewer.errors import ModelError, stat_input_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -186,21 +185,8 @@ def load_model(path: str | Path | None = None) -> keras.Model:
 
 def _check_model_file(path: Path, bundled: bool) -> None:
     """Cheap checks that need no TensorFlow: exists, regular file, readable, right kind."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        hint = " (the bundled model is missing: reinstall histoviewer)" if bundled else ""
-        raise ModelError(f"model file not found{hint}", path) from None
-    except ValueError as exc:  # e.g. an embedded NUL byte
-        raise ModelError(f"is not a valid file name ({exc})", path) from None
-    except OSError as exc:
-        raise ModelError(f"cannot be opened ({exc.strerror or exc})", path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelError("is a folder; expected a .keras model file", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelError("is not a regular file (a device, pipe or socket); expected a .keras model file", path)
-    if not os.access(path, os.R_OK):
-        raise ModelError("cannot be read (permission denied)", path)
+    hint = " (the bundled model is missing: reinstall histoviewer)" if bundled else ""
+    st = stat_input_file(path, ModelError, "a .keras model file", not_found=f"model file not found{hint}")
     if st.st_size == 0:
         raise ModelError("is empty (0 bytes); expected a .keras model file", path)
     suffix = path.suffix.lower()

@@ -13,7 +13,6 @@ import errno
 import logging
 import math
 import os
-import stat
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from viewer import PATCH_SIZE
-from viewer.errors import ImageError
+from viewer.errors import ImageError, os_reason, stat_input_file
 
 DEFAULT_MAX_PIXELS = 400_000_000
 """Largest image (width x height) opened by default: 20k x 20k, 1.2 GB as RGB.
@@ -127,7 +126,7 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
         raise ImageError("is corrupt: its structure is nested or looped too deeply to read", path) from exc
     except OSError as exc:
         if exc.errno is not None:  # a read error from the OS, not a codec complaining
-            raise ImageError(f"cannot be read ({_os_reason(exc)})", path) from exc
+            raise ImageError(f"cannot be read ({os_reason(exc)})", path) from exc
         raise ImageError(f"is corrupt or truncated and cannot be decoded ({_describe(exc)})", path) from exc
     except Exception as exc:  # codec and parser errors come in many types
         raise ImageError(f"is corrupt or truncated and cannot be decoded ({_describe(exc)})", path) from exc
@@ -145,41 +144,19 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
 
 
 def _read_head(path: Path) -> bytes:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError("file not found", path) from None
-    except NotADirectoryError:
-        raise ImageError("file not found (a parent of it is a file, not a folder)", path) from None
-    except ValueError as exc:  # e.g. an embedded NUL byte
-        raise ImageError(f"is not a valid file name ({exc})", path) from None
-    except OSError as exc:  # name too long, symlink loop, permission denied on a parent...
-        raise ImageError(f"cannot be opened ({_os_reason(exc)})", path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError("is a folder, not an image file", path)
-    if not stat.S_ISREG(st.st_mode):
-        # FIFOs block and devices never end: only regular files are images.
-        raise ImageError("is not a regular file (a device, pipe or socket), not an image file", path)
+    st = stat_input_file(path, ImageError, "an image file")
     if st.st_size == 0:
         raise ImageError("is empty (0 bytes)", path)
-    if not os.access(path, os.R_OK):
-        raise ImageError("cannot be read (permission denied)", path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except PermissionError:
         raise ImageError("cannot be read (permission denied)", path) from None
     except OSError as exc:
-        raise ImageError(f"cannot be read ({_os_reason(exc)})", path) from None
+        raise ImageError(f"cannot be read ({os_reason(exc)})", path) from None
     if not head:
         raise ImageError("is empty (0 bytes)", path)
     return head
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.EACCES or isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
 
 
 def _sniff(head: bytes) -> str:
