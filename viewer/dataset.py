@@ -424,6 +424,41 @@ class SamplerConfig:
     balance_images: bool = False
     """Every training image contributes the same number of tumour windows per epoch (the mean
     count, drawn with replacement), so sparse/pale images weigh as much as dense ones."""
+    mined_fraction: float = 0.0
+    """Share of the negatives drawn from the image's clear stride-8 windows with probability
+    proportional to the current model's score (online hard-negative mining); needs
+    :meth:`ImageSampler.set_scores` to have been called, else they are drawn uniformly."""
+    offcentre_fraction: float = 0.0
+    """Share of the negatives that are *off-centre* windows: centred 12-24 px from a tumour
+    point, with no annotated point within 12 px of the centre (:func:`offcentre_top_lefts`)."""
+
+
+OFFCENTRE_INNER = 12.0
+"""Off-centre negatives keep every annotated point at least this far from the window centre:
+beyond the heatmap's 8 px positive radius plus a 4 px gap (windows 8-20 px off a point are
+neither positives nor negatives in the heatmap AUC, so these labels never contradict it)."""
+OFFCENTRE_OUTER = 24.0
+
+
+def offcentre_top_lefts(image: LabelledImage, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(<= count, 2) top-lefts of windows centred 12-24 px from a random tumour point.
+
+    The tumour nucleus is inside (or at the edge of) such a window but not at its centre. A
+    heatmap cell is painted at its window's centre, so the model has to learn "tumour *here*",
+    not "tumour somewhere in these 32 px"; uniform negatives rarely show it that difference.
+    """
+    points = image.tumour_points
+    if count <= 0 or len(points) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    n = 4 * count
+    base = points[rng.integers(0, len(points), size=n)]
+    r = rng.uniform(OFFCENTRE_INNER, OFFCENTRE_OUTER, size=n)
+    a = rng.uniform(0, 2 * np.pi, size=n)
+    tl = tumour_top_lefts(base + np.stack([r * np.cos(a), r * np.sin(a)], axis=1), image.width, image.height)
+    centres = tl.astype(np.float64) + PATCH_SIZE / 2.0
+    d2 = ((centres[:, None, :] - image.all_points[None, :, :]) ** 2).sum(-1)
+    ok = d2.min(axis=1) >= OFFCENTRE_INNER**2
+    return tl[ok][:count]
 
 
 class ImageSampler:
@@ -433,6 +468,21 @@ class ImageSampler:
         self.images = list(images)
         self.config = config or SamplerConfig()
         self._hard: dict[str, np.ndarray] = {}
+        self._mined: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def set_scores(self, image_name: str, heatmap: np.ndarray, stride: int) -> None:
+        """Remember the current model's heatmap of a training image for hard-negative mining."""
+        from viewer.metrics import clear_window_mask
+
+        image = next(img for img in self.images if img.name == image_name)
+        clear = clear_window_mask(image.all_points, heatmap.shape, stride) & np.isfinite(heatmap)
+        rows, cols = np.nonzero(clear)
+        weights = heatmap[rows, cols].astype(np.float64)
+        total = weights.sum()
+        if total <= 0:
+            self._mined.pop(image_name, None)
+            return
+        self._mined[image_name] = (np.stack([cols * stride, rows * stride], axis=1), weights / total)
 
     def _hard_pool(self, image: LabelledImage) -> np.ndarray:
         """Clear top-lefts whose window centre is within 48 px of some annotated point."""
@@ -465,7 +515,14 @@ class ImageSampler:
                 ys.append(np.ones(len(tl), np.float32))
             n_neg = int(round(cfg.negatives_per_positive * max(n_pos, 1)))
             n_hard = int(round(cfg.hard_fraction * n_neg))
-            tls = [negative_top_lefts(image, n_neg - n_hard, rng)]
+            n_off = int(round(cfg.offcentre_fraction * n_neg)) if len(image.tumour_points) else 0
+            n_mined = int(round(cfg.mined_fraction * n_neg)) if image.name in self._mined else 0
+            tls = [negative_top_lefts(image, n_neg - n_hard - n_off - n_mined, rng)]
+            if n_mined:
+                top_lefts, p = self._mined[image.name]
+                tls.append(top_lefts[rng.choice(len(p), size=n_mined, p=p)])
+            if n_off:
+                tls.append(offcentre_top_lefts(image, n_off, rng))
             if n_hard:
                 pool = self._hard_pool(image)
                 if pool.size:

@@ -17,6 +17,7 @@ from viewer.dataset import (
     load_labelled,
     load_patches_npz,
     negative_top_lefts,
+    offcentre_top_lefts,
     split_images,
     tumour_top_lefts,
 )
@@ -151,6 +152,54 @@ def test_image_sampler_balanced_float_inputs(synthetic_dataset):
     assert x.dtype == np.float32 and x.shape[1:] == (32, 32, 3)
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert int(y.sum()) == 10 and len(y) == 20
+
+
+def test_offcentre_negatives_sit_12_to_24_px_from_a_tumour_point_and_clear_of_all():
+    from viewer.dataset import LabelledImage
+
+    tumour = np.array([[100.0, 100.0], [300.0, 120.0], [305.0, 140.0]])
+    others = np.array([[200.0, 200.0]])
+    image = LabelledImage("synth", np.zeros((256, 400, 3), np.uint8), tumour, np.concatenate([tumour, others]))
+    tl = offcentre_top_lefts(image, 500, np.random.default_rng(0))
+    assert 400 <= len(tl) <= 500
+    centres = tl + PATCH_SIZE / 2
+    d_tumour = np.sqrt(((centres[:, None] - tumour[None]) ** 2).sum(-1)).min(1)
+    d_any = np.sqrt(((centres[:, None] - image.all_points[None]) ** 2).sum(-1)).min(1)
+    assert d_any.min() >= 12.0 and d_tumour.max() <= 24.0 + 1.0  # +1: rounding to whole pixels
+    assert (tl >= 0).all() and (tl[:, 0] <= 400 - 32).all() and (tl[:, 1] <= 256 - 32).all()
+    # Every such window still shows its nucleus: the point lies inside the window + 8 px.
+    assert (np.abs(centres[:, None] - tumour[None]).max(-1).min(1) <= 24.0 + 1.0).all()
+    empty = LabelledImage("none", image.pixels, np.empty((0, 2)), np.empty((0, 2)))
+    assert offcentre_top_lefts(empty, 10, np.random.default_rng(0)).shape == (0, 2)
+
+
+def test_sampler_mixes_in_offcentre_negatives(synthetic_dataset):
+    root = synthetic_dataset(n_images=2, points_per_image=5)
+    images = [load_labelled(e) for e in find_dataset(root)]
+    x, y = ImageSampler(images, SamplerConfig(offcentre_fraction=0.4, hard_fraction=0.2)).epoch(np.random.default_rng(0))
+    assert int(y.sum()) == 10 and len(y) == 20
+
+
+def test_mined_negatives_follow_the_model_scores_and_stay_clear(synthetic_dataset):
+    root = synthetic_dataset(n_images=1, points_per_image=4)
+    image = load_labelled(find_dataset(root)[0])
+    sampler = ImageSampler([image], SamplerConfig(mined_fraction=1.0, hard_fraction=0.0, augment=False))
+    rows, cols = (image.height - 32) // 8 + 1, (image.width - 32) // 8 + 1
+    from viewer.metrics import clear_window_mask
+
+    clear = clear_window_mask(image.all_points, (rows, cols), 8)
+    r, c = map(int, np.argwhere(clear)[len(np.argwhere(clear)) // 2])
+    heatmap = np.zeros((rows, cols))
+    heatmap[r, c] = 0.9  # the one clear window the "model" finds tumour-like
+    heatmap[~clear] = 1.0  # windows on annotated points must never be mined
+    sampler.set_scores(image.name, heatmap, 8)
+    x, y = sampler.epoch(np.random.default_rng(0))
+    expected = image.pixels[8 * r : 8 * r + 32, 8 * c : 8 * c + 32].astype(np.float32) / 255
+    negatives = x[y == 0]
+    assert len(negatives) == 4 and all(np.array_equal(n, expected) for n in negatives)
+    sampler.set_scores(image.name, np.zeros((rows, cols)), 8)  # nothing to mine: uniform again
+    x, y = sampler.epoch(np.random.default_rng(0))
+    assert int((y == 0).sum()) == 4
 
 
 # ----------------------------------------------------------------------------- prepare

@@ -27,7 +27,8 @@ def trained(tmp_path_factory):
     root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_images=6, points_per_image=8)
     out = tmp_path_factory.mktemp("model") / "tiny.keras"
     lines: list[str] = []
-    config = TrainConfig(epochs=2, batch_size=16, seed=0, patience=0)
+    # Epoch 2 mines hard negatives with the epoch-1 model; off-centre negatives from the start.
+    config = TrainConfig(epochs=2, batch_size=16, seed=0, patience=0, mined_fraction=0.25, offcentre_fraction=0.25)
     metrics = run_training(root, out, config, heatmap=False, command="test", progress=lines.append)
     return root, out, metrics, lines
 
@@ -44,6 +45,7 @@ def test_training_writes_model_metrics_and_curves(trained):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         assert all(key in h for h in saved["history"])
     assert saved["config"]["epochs"] == 2 and saved["config"]["seed"] == 0
+    assert saved["config"]["mined_fraction"] == 0.25 and saved["config"]["offcentre_fraction"] == 0.25
     for part in ("val", "test"):
         held = saved["held_out"][part]
         assert set(held["images"]) == set(saved["split"][part])

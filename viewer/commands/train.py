@@ -42,6 +42,10 @@ def register(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
     parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="non-tumour windows per tumour point per epoch (default 1)")
     parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
+    parser.add_argument("--offcentre-fraction", type=float, default=0.0, metavar="F",
+                        help="share of negatives centred 12-24 px from a tumour point, so the model learns tumour at the window centre (default 0)")
+    parser.add_argument("--mined-fraction", type=float, default=0.0, metavar="F",
+                        help="share of negatives mined each epoch from the clear windows the current model scores highest (default 0)")
     parser.add_argument("--jitter", type=float, default=6.0, help="max offset (px) of tumour window centres from the point (default 6)")
     parser.add_argument("--colour-jitter", type=float, default=1.0, metavar="S", help="strength of the colour/stain jitter, 0 = off (default 1: gains +-6%%, offsets +-0.03, contrast +-10%%)")
     parser.add_argument("--monitor", choices=("val_loss", "val_auc", "val_heatmap_auc"), default="val_loss",
@@ -77,6 +81,8 @@ def run(args) -> int:
         monitor=args.monitor,
         stain_sigma=args.stain_jitter,
         balance_images=args.balance_images,
+        offcentre_fraction=args.offcentre_fraction,
+        mined_fraction=args.mined_fraction,
         ema=args.ema,
     )
     progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
