@@ -142,6 +142,21 @@ def _val_heatmap_auc(model, val_images) -> float:
     return roc_auc(np.concatenate(labels), np.concatenate(scores)) if labels else math.nan
 
 
+def balanced_sample_weights(y: np.ndarray) -> np.ndarray:
+    """Per-window loss weights that make both classes weigh the same in total.
+
+    The evaluation protocol is balanced (one non-tumour window per tumour window) and reads the
+    score at 0.5, so the model must learn a 1:1 prior even when an epoch draws, say, two
+    negatives per positive; with a 1:1 draw every weight is 1.
+    """
+    y = np.asarray(y).reshape(-1)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    weights = np.ones(y.size, dtype=np.float32)
+    if n_pos and n_neg:
+        weights[y == 0] = n_pos / n_neg
+    return weights
+
+
 def _mine_hard_negatives(model, sampler) -> None:
     """Score every training image with the current model so the sampler can draw the clear
     windows it rates most tumour-like (fully convolutional: ~0.3 s an image)."""
@@ -181,7 +196,8 @@ def train_model(
         if config.mined_fraction > 0 and epoch > 1 and hasattr(sampler, "set_scores"):
             _mine_hard_negatives(model, sampler)
         x, y = sampler.epoch(rng)
-        fit = model.fit(x, y, batch_size=config.batch_size, epochs=1, shuffle=True, verbose=0)
+        fit = model.fit(x, y, sample_weight=balanced_sample_weights(y), batch_size=config.batch_size,
+                        epochs=1, shuffle=True, verbose=0)
         row = {
             "epoch": epoch,
             "loss": float(fit.history["loss"][-1]),

@@ -114,3 +114,13 @@ def test_train_cli_on_prepared_npz(synthetic_dataset, tmp_path, monkeypatch, cap
     assert code == 0, capsys.readouterr().err
     saved = json.loads(out.with_suffix(".metrics.json").read_text())
     assert saved["held_out"]["val"]["n_positive"] == 4
+
+
+def test_balanced_sample_weights_give_both_classes_equal_total_weight():
+    from viewer.train import balanced_sample_weights
+
+    y = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)
+    w = balanced_sample_weights(y)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum()) and (w[y == 1] == 1).all()
+    assert (balanced_sample_weights(np.array([1, 0, 1, 0])) == 1).all()  # a 1:1 draw is unchanged
+    assert (balanced_sample_weights(np.zeros(3)) == 1).all()  # one class only: nothing to balance
