@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
 
+from viewer import DEFAULT_STRIDE
 from viewer.gui.icon import toolbar_icon
+from viewer.gui.settings import WINDOW_STEPS
 
 Key = QKeySequence.StandardKey
 
@@ -36,6 +38,9 @@ class Actions:
     run_heatmap: QAction
     cancel_heatmap: QAction
     auto_run: QAction
+    window_steps: dict[int, QAction]
+    """Analysis › Window Step: one checkable action per step in px; ``data()`` holds the step."""
+    window_step_group: QActionGroup
     about: QAction
     recent_menu: QMenu
 
@@ -58,8 +63,34 @@ def _action(window: QMainWindow, text: str, shortcuts: list | None = None, tip: 
     return action
 
 
+def _step_label(step: int) -> tuple[str, str]:
+    """Menu text and tip for a window step, said relative to the paper's step."""
+    if step == DEFAULT_STRIDE:
+        return f"&{step} px (paper)", f"Window step {step} px: the paper's heatmap step (default)"
+    cells = (DEFAULT_STRIDE / step) ** 2  # heatmap cells relative to the paper's step
+    if step < DEFAULT_STRIDE:
+        return (f"&{step} px (finer, slower)",
+                f"Window step {step} px: about {cells:g}× the cells of {DEFAULT_STRIDE} px; finer, but slower")
+    return (f"&{step} px (coarser, faster)",
+            f"Window step {step} px: about 1/{1 / cells:g} of the cells of {DEFAULT_STRIDE} px; faster, but coarser")
+
+
+def _window_steps(window: QMainWindow) -> tuple[dict[int, QAction], QActionGroup]:
+    group = QActionGroup(window)  # exclusive by default: exactly one step is checked
+    actions = {}
+    for step in WINDOW_STEPS:
+        text, tip = _step_label(step)
+        action = _action(window, text, tip=tip, checkable=True)
+        action.setData(step)
+        group.addAction(action)
+        actions[step] = action
+    actions[DEFAULT_STRIDE].setChecked(True)
+    return actions, group
+
+
 def build_actions(window: QMainWindow) -> Actions:
     sp = QStyle.StandardPixmap
+    window_steps, window_step_group = _window_steps(window)
     return Actions(
         open=_action(window, "&Open…", [Key.Open], "Open an image (TIFF, JPEG, PNG)", sp.SP_DialogOpenButton),
         open_annotations=_action(window, "Open &Annotations…", tip="Load BreCaHAD annotation points (JSON)"),
@@ -83,6 +114,8 @@ def build_actions(window: QMainWindow) -> Actions:
         cancel_heatmap=_action(window, "&Cancel", ["Esc"], "Stop computing the heatmap", sp.SP_MediaStop),
         auto_run=_action(window, "Run Heatmap on &Open", tip="Start the heatmap whenever an image opens",
                          checkable=True),
+        window_steps=window_steps,
+        window_step_group=window_step_group,
         about=_action(window, "&About HistoViewer", tip="Version and model card"),
         recent_menu=QMenu("Open &Recent", window),
     )
@@ -108,6 +141,9 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     analysis = bar.addMenu("&Analysis")
     analysis.addActions([a.run_heatmap, a.cancel_heatmap])
     analysis.addSeparator()
+    step_menu = analysis.addMenu("Window &Step")
+    step_menu.setToolTipsVisible(True)  # the tips say what each step trades off
+    step_menu.addActions(list(a.window_steps.values()))
     analysis.addAction(a.auto_run)
     help_menu = bar.addMenu("&Help")
     help_menu.addAction(a.about)

@@ -71,7 +71,11 @@ class MainWindow(QMainWindow):
         self.annotations: Annotations | None = None
         self.heatmap: np.ndarray | None = None
         self.heatmap_complete = False
+        # The stride of self.heatmap: everything that reads the array (layer, agreement,
+        # readout, exports) uses it. It follows window_step only when a run starts, so the
+        # array and its geometry always change together.
         self.heatmap_stride = DEFAULT_STRIDE
+        self.window_step = self.settings.heatmap_stride()  # Analysis › Window Step
         self.agreement_result: AgreementResult | None = None
         self.model: object | None = None
         self.model_path = model_path or None
@@ -118,6 +122,7 @@ class MainWindow(QMainWindow):
         self._connect()
         self.actions.auto_run.setChecked(self.settings.auto_run_heatmap())
         self.actions.export_legend.setChecked(self.settings.export_legend())
+        self.actions.window_steps[self.window_step].setChecked(True)  # setChecked does not trigger
         self._apply_layers(self.layers_panel.state, save=False)
         self._restore_window()
         self._update_actions()
@@ -152,6 +157,7 @@ class MainWindow(QMainWindow):
         a.cancel_heatmap.triggered.connect(self.cancel_heatmap)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
         a.export_legend.toggled.connect(self.settings.set_export_legend)
+        a.window_step_group.triggered.connect(lambda action: self.set_window_step(action.data()))
         a.about.triggered.connect(lambda: AboutDialog(self.model_path, self).exec())
         self.placeholder.open_requested.connect(self.choose_image)
         self.layers_panel.changed.connect(self._apply_layers)
@@ -333,16 +339,38 @@ class MainWindow(QMainWindow):
                          "Use File › Load Model… to choose a Keras model file.")
             return
         slide = self.opened.slide
-        self.heatmap_stride = DEFAULT_STRIDE
+        self.heatmap_stride = self.window_step
         self.heatmap = blank_heatmap(slide.height, slide.width, self.heatmap_stride)
         self.heatmap_complete = False
         self._cells_done = 0
         self.heatmap_layer.set_heatmap(self.heatmap, self.heatmap_stride)
         self.runner.start(slide, self.model, self.model_path, self.heatmap_stride, self.canvas.visible_centre())
         self.status.show_progress(0.0)
-        self.layers_panel.set_heatmap_info(f"Computing with {self._model_name()}…")
+        self.layers_panel.set_heatmap_info(f"Computing with {self._model_name()}, window step {self.heatmap_stride} px…")
         self._update_actions()
         self._update_agreement()
+
+    def set_window_step(self, step: int) -> None:
+        """Use ``step`` px for heatmaps from now on (and remember it); a heatmap on screen or
+        being computed is re-run at the new step, so the display never mixes two steps."""
+        step = int(step)
+        if step not in self.actions.window_steps:
+            raise ValueError(f"window step must be one of {sorted(self.actions.window_steps)} px, got {step}")
+        # Keeps the menu right when called from code rather than from the menu.
+        self.actions.window_steps[step].setChecked(True)
+        if step == self.window_step:
+            return
+        self.window_step = step
+        self.settings.set_heatmap_stride(step)
+        if self.opened is not None and self.heatmap is not None:  # also true while a run is going
+            # Cancel first, so the old run's "stopped" update lands before the new run starts
+            # instead of in the middle of run_heatmap (as when a new model replaces a run).
+            self.runner.cancel()
+            self.run_heatmap()
+        else:
+            # Nothing to redo: no image, never run, or waiting for the model (that run has not
+            # started yet and reads the new step when it does).
+            self.status.showMessage(f"Window step {step} px: used for the next heatmap", 5000)
 
     def cancel_heatmap(self) -> None:
         waiting, self._run_when_model_ready = self._run_when_model_ready, False

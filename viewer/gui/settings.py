@@ -12,9 +12,15 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from viewer import DEFAULT_STRIDE
+
 ORGANISATION = "HistoViewer"
 APPLICATION = "HistoViewer"
 MAX_RECENT = 10
+WINDOW_STEPS = (4, 8, 16)
+"""Heatmap window steps (px) the GUI offers; any other stored value falls back to the default.
+All are multiples of 4 (the bundled network's down-sampling), so with that network each one
+uses the engine's fast fully-convolutional path."""
 
 
 def qsettings() -> QSettings:
@@ -37,6 +43,15 @@ def _as_float(value: Any, default: float, lo: float, hi: float) -> float:
     except (TypeError, ValueError):
         return default
     return min(hi, max(lo, number)) if number == number else default
+
+
+def _as_int(value: Any, default: int) -> int:
+    # INI files hand numbers back as strings; a hand-edited "16.0" or " 16 " still means 16.
+    try:
+        number = float(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+    return int(number) if number.is_integer() else default
 
 
 def _as_list(value: Any) -> list[str]:
@@ -99,6 +114,14 @@ class Settings:
 
     def set_auto_run_heatmap(self, on: bool) -> None:
         self._store.setValue("heatmap/auto_run", bool(on))
+
+    def heatmap_stride(self) -> int:
+        """The chosen heatmap window step: one of :data:`WINDOW_STEPS`, else the paper's 8 px."""
+        step = _as_int(self._store.value("heatmap/stride"), DEFAULT_STRIDE)
+        return step if step in WINDOW_STEPS else DEFAULT_STRIDE
+
+    def set_heatmap_stride(self, step: int) -> None:
+        self._store.setValue("heatmap/stride", int(step))
 
     def export_legend(self) -> bool:
         return _as_bool(self._store.value("export/legend"), False)

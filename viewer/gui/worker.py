@@ -20,6 +20,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from viewer.errors import InputError
 from viewer.gui.qt_workarounds import apply_workarounds
+from viewer.gui.settings import WINDOW_STEPS
 from viewer.slide import Slide
 
 if TYPE_CHECKING:  # superqt is imported on first use: its package import costs ~0.2 s of start-up
@@ -112,7 +113,12 @@ def _load_model(path: str | None) -> Any:
     gc.disable()
     try:
         model = load_model(path)
-        warm_up(model)  # start TensorFlow's runtime here, so the first tile is not slow
+        # Start TensorFlow's runtime here, so the first tile is not slow, and trace every step
+        # Analysis › Window Step offers: once TensorFlow was imported on a pool thread, building
+        # a new graph later on a heatmap worker aborted the interpreter ("take_gil: PyMUTEX_LOCK
+        # failed"; PySide6 6.12.0, TensorFlow 2.21), while running traced graphs there is fine.
+        for step in WINDOW_STEPS:
+            warm_up(model, step)
     finally:
         gc.freeze()
         if collecting:
