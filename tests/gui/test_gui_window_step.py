@@ -169,14 +169,21 @@ for step in (16, 4):
     window.actions.window_steps[step].trigger()
     assert wait_for(window.heatmap_finished, 120)[0]
     print("STEP", step, *window.heatmap.shape, flush=True)
+for _ in range(2):  # File > Load Model... twice: each load is a new model on the model thread
+    window.load_model(sys.argv[1])
+    wait_for(window.model_loader.loaded, 120)
+    window.run_heatmap()
+    assert wait_for(window.heatmap_finished, 120)[0]
+    print("RELOADED", *window.heatmap.shape, flush=True)
 window.close()
 """
 
 
-def test_switching_steps_survives_tensorflow_imported_in_a_worker(tmp_path: Path, small_image: Path,
+def test_switching_steps_and_reloading_models_survive_tensorflow_imported_in_a_worker(tmp_path: Path, small_image: Path,
                                                                   model_file: Path) -> None:
     # In this pytest process TensorFlow was imported on the main thread (the model fixtures),
-    # which hides the crash: only a fresh process imports it on the loader's pool thread.
+    # which hides the crash: only a fresh process imports it on the model loader's thread.
+    # When that was a Qt pool thread, a new step or a second model aborted the interpreter.
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HOME=str(tmp_path))
     (tmp_path / "settings").mkdir(exist_ok=True)
     result = subprocess.run([sys.executable, "-c", SWITCH_IN_A_FRESH_PROCESS, str(model_file), str(small_image),
@@ -185,3 +192,5 @@ def test_switching_steps_survives_tensorflow_imported_in_a_worker(tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("STEP")]
     assert lines == [["STEP", str(step), *map(str, grid_shape(200, 160, step))] for step in (16, 4)]
+    reloaded = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RELOADED")]
+    assert reloaded == [list(map(str, grid_shape(200, 160, 4)))] * 2

@@ -11,6 +11,7 @@ import gc
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -64,40 +65,61 @@ def run_in_background(
     return worker
 
 
+def _model_thread() -> ThreadPoolExecutor:
+    """The one Python thread that imports TensorFlow and loads every model.
+
+    Not a QThreadPool thread: when TensorFlow was first imported on one of Qt's pool threads
+    (threads Python did not create), loading a second model or tracing a graph later on another
+    thread aborted the interpreter ("Fatal Python error: take_gil: PyMUTEX_LOCK failed" or a
+    segfault; PySide6 6.11 and 6.12, TensorFlow 2.21). Imported on a Python thread, TensorFlow
+    is then safe on any thread, the heatmap's superqt workers included.
+    """
+    global _MODEL_THREAD
+    if _MODEL_THREAD is None:
+        _MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-model")
+    return _MODEL_THREAD
+
+
+_MODEL_THREAD: ThreadPoolExecutor | None = None
+
+
 class ModelLoader(QObject):
     """Loads a Keras model off the main thread (importing TensorFlow alone takes seconds)."""
 
     loaded = Signal(object, object)  # model, path (None = bundled)
     failed = Signal(str)
+    # Emitted on the model thread; a queued connection brings it to this object's (main) thread.
+    _done = Signal(int, object, object, object)  # generation, path, model, exception
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._generation = 0
         self.loading = False
+        self._done.connect(self._on_done)
 
     def load(self, path: str | None) -> None:
         """Start loading ``path`` (None = bundled); a later call supersedes an earlier one."""
         self._generation = generation = next(_generations)
         self.loading = True
-        run_in_background(
-            _load_model, path,
-            on_result=partial(self._on_loaded, generation, path),
-            on_error=partial(self._on_failed, generation),
-        )
+        future = _model_thread().submit(_load_model, path)
+        future.add_done_callback(partial(self._report, generation, path))
 
     def discard(self) -> None:
         """Forget the load in progress: its result will be dropped (the window is closing)."""
         self._generation = next(_generations)
         self.loading = False
 
-    def _on_loaded(self, generation: int, path: str | None, model: Any) -> None:
-        if generation == self._generation:
-            self.loading = False
-            self.loaded.emit(model, path)
+    def _report(self, generation: int, path: str | None, future: Future) -> None:
+        exc = future.exception()
+        self._done.emit(generation, path, None if exc else future.result(), exc)
 
-    def _on_failed(self, generation: int, exc: BaseException) -> None:
-        if generation == self._generation:
-            self.loading = False
+    def _on_done(self, generation: int, path: str | None, model: Any, exc: BaseException | None) -> None:
+        if generation != self._generation:
+            return  # superseded by a later load, or the window is closing
+        self.loading = False
+        if exc is None:
+            self.loaded.emit(model, path)
+        else:
             self.failed.emit(describe_error(exc))
 
 
@@ -113,10 +135,8 @@ def _load_model(path: str | None) -> Any:
     gc.disable()
     try:
         model = load_model(path)
-        # Start TensorFlow's runtime here, so the first tile is not slow, and trace every step
-        # Analysis › Window Step offers: once TensorFlow was imported on a pool thread, building
-        # a new graph later on a heatmap worker aborted the interpreter ("take_gil: PyMUTEX_LOCK
-        # failed"; PySide6 6.12.0, TensorFlow 2.21), while running traced graphs there is fine.
+        # Start TensorFlow's runtime and trace every step Analysis › Window Step offers, here
+        # and not on the first tile, so the first tiles of any step arrive without a pause.
         for step in WINDOW_STEPS:
             warm_up(model, step)
     finally:
