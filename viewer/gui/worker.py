@@ -111,7 +111,10 @@ class ModelLoader(QObject):
 
     def _report(self, generation: int, path: str | None, future: Future) -> None:
         exc = future.exception()
-        self._done.emit(generation, path, None if exc else future.result(), exc)
+        try:
+            self._done.emit(generation, path, None if exc else future.result(), exc)
+        except RuntimeError:  # the window, and this loader with it, closed during the load
+            pass
 
     def _on_done(self, generation: int, path: str | None, model: Any, exc: BaseException | None) -> None:
         if generation != self._generation:
