@@ -3,7 +3,7 @@
 The bundled model (Table 1, 171,105 parameters) reaches a held-out heatmap AUC of about 0.97
 and does no better on its own *training* images, which points at the labels (unannotated tumour
 nuclei counted as negatives) rather than at over-fitting. This script trains a much larger
-VGG-style network (batch norm, six 3x3 convolutions, ~290k parameters and ~10x the compute of
+VGG-style network (batch norm, six 3x3 convolutions, ~290k parameters and ~9x the multiply-adds of
 Table 1) with exactly the same sampler, split, augmentation and selection rule, and prints the
 same metrics as ``histoviewer evaluate`` on the train, val and test images. If the big network
 lands where Table 1 does, the ceiling is the data, not the architecture.
