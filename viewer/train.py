@@ -242,6 +242,19 @@ def train_model(
     return model, history, best_epoch, stopped
 
 
+def check_negative_shares(config: TrainConfig) -> None:
+    """The hard, off-centre and mined shares split one pool of negatives; the rest is uniform."""
+    shares = {"--hard-fraction": config.hard_fraction, "--offcentre-fraction": config.offcentre_fraction,
+              "--mined-fraction": config.mined_fraction}
+    for flag, share in shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"{flag} must be between 0 and 1, not {share:g}")
+    if sum(shares.values()) > 1.0 + 1e-9:
+        raise InputError(f"{', '.join(shares)} add up to {sum(shares.values()):g}; they share the negatives, so at most 1")
+    if config.negatives_per_positive <= 0:
+        raise InputError(f"--negatives-per-positive must be above 0, not {config.negatives_per_positive:g}")
+
+
 def default_sidecars(model_out: Path) -> tuple[Path, Path]:
     """MODEL.metrics.json and MODEL.curves.png beside MODEL.keras."""
     return model_out.with_suffix(".metrics.json"), model_out.with_suffix(".curves.png")
@@ -304,6 +317,7 @@ def run_training(
         raise InputError("--epochs must be at least 1")
     if config.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    check_negative_shares(config)
 
     t_start = time.perf_counter()
     sampler, val, split, loaded = load_training_data(data, config, progress)

@@ -124,3 +124,18 @@ def test_balanced_sample_weights_give_both_classes_equal_total_weight():
     assert w[y == 1].sum() == pytest.approx(w[y == 0].sum()) and (w[y == 1] == 1).all()
     assert (balanced_sample_weights(np.array([1, 0, 1, 0])) == 1).all()  # a 1:1 draw is unchanged
     assert (balanced_sample_weights(np.zeros(3)) == 1).all()  # one class only: nothing to balance
+
+
+@pytest.mark.parametrize("flags", [
+    ["--mined-fraction", "1.5"],
+    ["--offcentre-fraction", "-0.1"],
+    ["--hard-fraction", "0.5", "--mined-fraction", "0.4", "--offcentre-fraction", "0.2"],
+    ["--negatives-per-positive", "0"],
+])
+def test_train_cli_refuses_impossible_negative_shares(synthetic_dataset, tmp_path, monkeypatch, capsys, flags):
+    root = synthetic_dataset(n_images=3, points_per_image=2)
+    out = tmp_path / "m.keras"
+    code = run_cli(["train", "--data", str(root), "--out", str(out), "--epochs", "1", "--quiet", *flags], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and flags[0] in err
+    assert not list(tmp_path.glob("m*"))  # nothing written
