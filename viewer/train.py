@@ -9,6 +9,8 @@ Fair improvements used here (all switchable, all recorded in the metrics JSON):
   tumour point plus a random offset within ``jitter`` px (the heatmap scores windows whose centre
   is up to 8 px from a point), and ``negatives_per_positive`` new non-tumour windows per point,
   a share of them "hard" (close to, but clear of, annotated points);
+* optionally, negatives that teach "tumour at the *centre*": off-centre windows 12-24 px from a
+  tumour point, and windows mined each epoch from where the current model scores highest;
 * augmentation: the 8 flips / 90-degree rotations and mild colour/stain jitter;
 * validation on the fixed evaluation-protocol patches of the *val images*; the learning rate is
   halved after ``plateau`` epochs without improvement of the val loss; early stopping after
@@ -98,6 +100,9 @@ def load_training_data(data: str | Path, config: TrainConfig, progress=None):
         patches, split, _seed = load_patches_npz(data)
         if len(patches["train"]) == 0:
             raise InputError("has no training patches", data)
+        if config.mined_fraction or config.offcentre_fraction:
+            raise InputError("--mined-fraction and --offcentre-fraction draw windows from whole images; "
+                             "pass the dataset folder, not a patch npz", data)
         sampler = FixedSampler(patches["train"], augment=config.augment, colour_strength=config.colour_strength)
         return sampler, patches["val"], split, None
     entries = find_dataset(data)
@@ -193,7 +198,7 @@ def train_model(
     stopped = False
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        if config.mined_fraction > 0 and epoch > 1 and hasattr(sampler, "set_scores"):
+        if config.mined_fraction > 0 and epoch > 1:
             _mine_hard_negatives(model, sampler)
         x, y = sampler.epoch(rng)
         fit = model.fit(x, y, sample_weight=balanced_sample_weights(y), batch_size=config.batch_size,

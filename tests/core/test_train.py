@@ -114,6 +114,11 @@ def test_train_cli_on_prepared_npz(synthetic_dataset, tmp_path, monkeypatch, cap
     assert code == 0, capsys.readouterr().err
     saved = json.loads(out.with_suffix(".metrics.json").read_text())
     assert saved["held_out"]["val"]["n_positive"] == 4
+    # Mining and off-centre negatives need whole images: a clear one-line refusal.
+    code = run_cli(["train", "--data", str(npz), "--out", str(tmp_path / "m.keras"), "--epochs", "1", "--quiet",
+                    "--mined-fraction", "0.3"], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "p.npz" in err and "--mined-fraction" in err
 
 
 def test_balanced_sample_weights_give_both_classes_equal_total_weight():
