@@ -1,7 +1,8 @@
-"""Reading an image and its annotations, fully, before the window swaps to it.
+"""What the window has open, and reading an image with its annotations fully before it swaps to it.
 
 :func:`read_image` runs in a worker thread and touches no Qt object; whatever it raises
-reaches the user as a message box while the previous image stays on screen.
+reaches the user as a message box while the previous image stays on screen. :class:`Document`
+is the one shared record of what is open, read by every controller of the window.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ class OpenedImage:
     annotations: Annotations | None
     annotation_problem: str | None
     """Why annotations next to the image could not be read (the image still opens)."""
+
+
+@dataclass(eq=False)
+class Document:
+    """What the window shows; changed on the main thread only, once new data is complete."""
+
+    opened: OpenedImage | None = None
+    annotations: Annotations | None = None
+    """The annotations on screen: those found with the image, or a file opened later."""
 
 
 def read_image(path: str | Path, annotations_path: str | Path | None = None) -> OpenedImage:

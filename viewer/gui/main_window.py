@@ -1,7 +1,11 @@
-"""The main window: wires the canvas, panels, actions and background work together.
+"""The main window: composes the canvas, docks, actions and controllers, and wires them together.
 
-State changes only on the main thread and only once new data is complete: a file is read
-fully in a worker before the window swaps to it, so a bad file leaves everything as it was.
+The work lives in the controllers: DocumentController opens and closes images and annotations,
+ModelController loads the model, HeatmapController runs the heatmap, AgreementController keeps
+the Agreement dock current and ExportController writes files. They share one Document and
+change it only on the main thread, once new data is complete. The window itself shows the
+document, applies the layer settings, reads out the pixel under the cursor, accepts dropped
+files and saves its layout on close.
 """
 
 from __future__ import annotations
@@ -11,43 +15,42 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QStackedWidget, QWidget
+from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QMenu, QScrollArea, QStackedWidget, QWidget
 
-from viewer import DEFAULT_STRIDE
-from viewer.agreement import AgreementResult, agreement
-from viewer.annotations import Annotations, load_annotations
 from viewer.colormaps import colormap_lut
-from viewer.errors import InputError
-from viewer.gui import dialogs
 from viewer.gui.about import AboutDialog
 from viewer.gui.actions import build_actions, build_menus
+from viewer.gui.agreement_controller import AgreementController
 from viewer.gui.agreement_panel import AgreementPanel
 from viewer.gui.annotation_layer import AnnotationLayer
 from viewer.gui.canvas import ZOOM_STEP, Canvas
-from viewer.gui.document import OpenedImage, read_image
-from viewer.gui.export import write_heatmap, write_overlay
+from viewer.gui.document import Document
+from viewer.gui.document_controller import DocumentController
+from viewer.gui.export_controller import ExportController
+from viewer.gui.heatmap_controller import HeatmapController
 from viewer.gui.heatmap_layer import HeatmapLayer
 from viewer.gui.layers import LayerState
 from viewer.gui.layers_panel import LayersPanel
+from viewer.gui.model_controller import ModelController
 from viewer.gui.placeholder import Placeholder
 from viewer.gui.settings import Settings
 from viewer.gui.status import StatusBar
-from viewer.heatmap import blank_heatmap, pixel_to_cell
-from viewer.gui.worker import (
-    HeatmapRequest,
-    HeatmapRunner,
-    ModelLoader,
-    describe_error,
-    ensure_thread_capacity,
-    run_in_background,
-    wait_for_workers,
-)
+from viewer.gui.worker import ensure_thread_capacity, wait_for_workers
+from viewer.heatmap import pixel_to_cell
 from viewer.slide import IMAGE_SUFFIXES
 
 APP_NAME = "HistoViewer"
+
+
+def _forwarded(controller: str, name: str) -> property:
+    """A window attribute kept for tests, benchmarks and scripts; it lives in a controller."""
+    return property(
+        lambda window: getattr(getattr(window, controller), name),
+        lambda window, value: setattr(getattr(window, controller), name, value),
+        doc=f"``{controller}.{name}``",
+    )
 
 
 class MainWindow(QMainWindow):
@@ -58,6 +61,18 @@ class MainWindow(QMainWindow):
     exported = Signal(str)
     export_failed = Signal(str)
 
+    opened = _forwarded("document", "opened")
+    annotations = _forwarded("document", "annotations")
+    model = _forwarded("model_controller", "model")
+    model_path = _forwarded("model_controller", "path")
+    model_loader = _forwarded("model_controller", "loader")
+    runner = _forwarded("heatmap_controller", "runner")
+    heatmap = _forwarded("heatmap_controller", "heatmap")
+    heatmap_stride = _forwarded("heatmap_controller", "stride")
+    heatmap_complete = _forwarded("heatmap_controller", "complete")
+    window_step = _forwarded("heatmap_controller", "window_step")
+    agreement_result = _forwarded("agreement_controller", "result")
+
     def __init__(self, model_path: str | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         ensure_thread_capacity()
@@ -65,24 +80,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.resize(1280, 860)
-
-        # Document state: replaced as a whole, never half-updated.
-        self.opened: OpenedImage | None = None
-        self.annotations: Annotations | None = None
-        self.heatmap: np.ndarray | None = None
-        self.heatmap_complete = False
-        # The stride of self.heatmap: everything that reads the array (layer, agreement,
-        # readout, exports) uses it. It follows window_step only when a run starts, so the
-        # array and its geometry always change together.
-        self.heatmap_stride = DEFAULT_STRIDE
-        self.window_step = self.settings.heatmap_stride()  # Analysis › Window Step
-        self.agreement_result: AgreementResult | None = None
-        self.model: object | None = None
-        self.model_path = model_path or None
-        self._model_problem: str | None = None
-        self._run_when_model_ready = False
-        self._open_generation = 0
-        self._cells_done = 0
+        self.document = Document()
         self._closing = False
 
         self.canvas = Canvas()
@@ -93,13 +91,37 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.placeholder)
         self.stack.addWidget(self.canvas)
         self.setCentralWidget(self.stack)
-
         self.layers_panel = LayersPanel(LayerState.from_settings(self.settings.layer_values()))
         self.agreement_panel = AgreementPanel()
         self.status = StatusBar()
         self.setStatusBar(self.status)
         self.actions = build_actions(self)
         self.toolbar, panels_menu = build_menus(self, self.actions)
+        self._add_docks(panels_menu)
+
+        self.model_controller = ModelController(self, model_path, self.status, self.settings)
+        self.heatmap_controller = HeatmapController(
+            self, self.document, self.model_controller, self.canvas, self.heatmap_layer, self.layers_panel,
+            self.status, self.actions, self.settings,
+        )
+        self.agreement_controller = AgreementController(self.agreement_panel, self.document, self.heatmap_controller)
+        self.document_controller = DocumentController(
+            self, self.document, self.heatmap_controller, self.annotation_layer, self.layers_panel, self.status,
+            self.settings, self.actions.auto_run,
+        )
+        self.export_controller = ExportController(
+            self, self.document, self.heatmap_controller, self.model_controller, self.agreement_controller,
+            self.layers_panel, self.actions.export_legend, self.status, self.settings,
+        )
+        self._connect()
+        self.actions.auto_run.setChecked(self.settings.auto_run_heatmap())
+        self.actions.export_legend.setChecked(self.settings.export_legend())
+        self._apply_layers(self.layers_panel.state, save=False)
+        self._restore_window()
+        self._update_image_actions()
+        self.heatmap_controller.update_actions()
+
+    def _add_docks(self, panels_menu: QMenu) -> None:
         docks = []
         for title, name, widget in (("Layers", "layers_dock", self.layers_panel),
                                     ("Agreement", "agreement_dock", self.agreement_panel)):
@@ -113,37 +135,19 @@ class MainWindow(QMainWindow):
             self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
             panels_menu.addAction(dock.toggleViewAction())
             docks.append(dock)
-        # Give the image most of the width; a saved layout (restored below) overrides this.
+        # Give the image most of the width; a saved layout (restored in __init__) overrides this.
         self.resizeDocks(docks, [300, 300], Qt.Orientation.Horizontal)
         self.resizeDocks(docks, [self.layers_panel.sizeHint().height() + 30, 200], Qt.Orientation.Vertical)
 
-        self.model_loader = ModelLoader(self)
-        self.runner = HeatmapRunner(self)
-        self._connect()
-        self.actions.auto_run.setChecked(self.settings.auto_run_heatmap())
-        self.actions.export_legend.setChecked(self.settings.export_legend())
-        self.actions.window_steps[self.window_step].setChecked(True)  # setChecked does not trigger
-        self._apply_layers(self.layers_panel.state, save=False)
-        self._restore_window()
-        self._update_actions()
-
-    # Start-up -------------------------------------------------------------------------------
-    def start(self, image: str | None = None, annotations: str | None = None) -> None:
-        """Begin loading the model in the background and open ``image`` if given."""
-        if self._closing:
-            return  # closed before the event loop got here
-        self.load_model(self.model_path)
-        if image:
-            self.open_image(image, annotations)
-
     def _connect(self) -> None:
-        a = self.actions
-        a.open.triggered.connect(self.choose_image)
+        a, documents, heatmaps, exports = (self.actions, self.document_controller, self.heatmap_controller,
+                                           self.export_controller)
+        a.open.triggered.connect(documents.choose_image)
         a.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        a.open_annotations.triggered.connect(self.choose_annotations)
+        a.open_annotations.triggered.connect(documents.choose_annotations)
         a.load_model.triggered.connect(self.choose_model)
-        a.export_overlay.triggered.connect(self.export_overlay)
-        a.export_heatmap.triggered.connect(self.export_heatmap)
+        a.export_overlay.triggered.connect(exports.export_overlay)
+        a.export_heatmap.triggered.connect(exports.export_heatmap)
         a.close_image.triggered.connect(self.close_image)
         a.quit.triggered.connect(self.close)
         a.fit.triggered.connect(self.canvas.fit)
@@ -154,352 +158,87 @@ class MainWindow(QMainWindow):
         a.show_annotations.toggled.connect(lambda on: self._change_layers(show_annotations=on))
         a.show_heatmap.toggled.connect(lambda on: self._change_layers(show_heatmap=on))
         a.run_heatmap.triggered.connect(self.run_heatmap)
-        a.cancel_heatmap.triggered.connect(self.cancel_heatmap)
+        a.cancel_heatmap.triggered.connect(heatmaps.cancel)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
         a.export_legend.toggled.connect(self.settings.set_export_legend)
-        a.window_step_group.triggered.connect(lambda action: self.set_window_step(action.data()))
+        a.window_step_group.triggered.connect(lambda action: heatmaps.set_window_step(action.data()))
         a.about.triggered.connect(lambda: AboutDialog(self.model_path, self).exec())
-        self.placeholder.open_requested.connect(self.choose_image)
+        self.placeholder.open_requested.connect(documents.choose_image)
         self.layers_panel.changed.connect(self._apply_layers)
-        self.agreement_panel.export_requested.connect(self.export_agreement)
-        self.status.cancel_requested.connect(self.cancel_heatmap)
+        self.agreement_panel.export_requested.connect(exports.export_agreement)
+        self.status.cancel_requested.connect(heatmaps.cancel)
         self.canvas.cursor_moved.connect(self._show_cursor)
         self.canvas.cursor_left.connect(self.status.clear_cursor)
         self.canvas.zoom_changed.connect(self.status.show_zoom)
-        self.model_loader.loaded.connect(self._on_model_loaded)
-        self.model_loader.failed.connect(self._on_model_failed)
-        self.runner.tile_ready.connect(self._on_tile)
-        self.runner.finished.connect(self._on_heatmap_finished)
-        self.runner.failed.connect(self._on_heatmap_failed)
+        documents.switched.connect(self._show_document)
+        documents.annotations_changed.connect(self.agreement_controller.update)
+        documents.image_opened.connect(self.image_opened)
+        documents.open_failed.connect(self.open_failed)
+        self.model_controller.ready.connect(self.model_ready)
+        heatmaps.changed.connect(self.agreement_controller.update)
+        heatmaps.finished.connect(self.heatmap_finished)
+        exports.exported.connect(self.exported)
+        exports.export_failed.connect(self.export_failed)
 
-    # Opening images -------------------------------------------------------------------------
-    def choose_image(self) -> None:
-        path = dialogs.ask_open_path(self, "Open Image", self.settings.last_folder("images"), dialogs.IMAGE_FILTER)
-        if path:
-            self.open_image(path)
+    # Commands used from outside the window (the app, tests, benchmarks, scripts) -------------
+    def start(self, image: str | None = None, annotations: str | None = None) -> None:
+        """Begin loading the model in the background and open ``image`` if given."""
+        if self._closing:
+            return  # closed before the event loop got here
+        self.load_model(self.model_path)
+        if image:
+            self.open_image(image, annotations)
 
     def open_image(self, path: str | Path, annotations: str | Path | None = None) -> None:
         """Read ``path`` in the background; the window switches to it only if that succeeds."""
-        if self._closing:
-            return
-        self._open_generation += 1
-        self.status.showMessage(f"Opening {Path(path).name}…")
-        run_in_background(
-            read_image, path, annotations,
-            on_result=partial(self._on_image_read, self._open_generation, str(path)),
-            on_error=partial(self._on_open_failed, self._open_generation),
-        )
-
-    def _on_image_read(self, generation: int, path: str, opened: OpenedImage) -> None:
-        if generation != self._open_generation:
-            return  # the user opened something else meanwhile
-        self.runner.cancel()
-        self.opened = opened
-        self.annotations = opened.annotations
-        self._clear_heatmap()
-        self.canvas.set_image(opened.pyramid)
-        self.stack.setCurrentWidget(self.canvas)
-        self._show_annotations()
-        slide = opened.slide
-        self.setWindowTitle(f"{slide.name} — {APP_NAME}")
-        self.setWindowFilePath(str(slide.path))
-        self.settings.add_recent_file(slide.path)
-        self.settings.set_last_folder("images", slide.path)
-        notes = "; ".join(slide.notes)
-        self.status.showMessage(f"{slide.name}: {slide.width} × {slide.height} px" + (f" ({notes})" if notes else ""), 8000)
-        self._update_actions()
-        self.image_opened.emit(path)
-        if opened.annotation_problem:
-            dialogs.warn(self, "Annotations not loaded", f"{opened.annotation_problem}. The image is shown without them.")
-        if self.actions.auto_run.isChecked():
-            self.run_heatmap()
-
-    def _on_open_failed(self, generation: int, exc: BaseException) -> None:
-        if generation != self._open_generation:
-            return
-        message = describe_error(exc)
-        self.status.clearMessage()
-        dialogs.warn(self, "Cannot open image", message)
-        self.open_failed.emit(message)
+        self.document_controller.open_image(path, annotations)
 
     def close_image(self) -> None:
-        self._open_generation += 1
-        self.runner.cancel()
-        self.opened = None
-        self.annotations = None
-        self._clear_heatmap()
-        self.annotation_layer.set_annotations(None, 0, 0)
-        self.canvas.clear_image()
-        self.stack.setCurrentWidget(self.placeholder)
-        self.layers_panel.set_counts(None)
-        self.setWindowTitle(APP_NAME)
-        self.setWindowFilePath("")
-        self.status.clear_cursor()
-        self.status.show_zoom(None)
-        self._update_actions()
-
-    def _fill_recent_menu(self) -> None:
-        menu = self.actions.recent_menu
-        menu.clear()
-        files = self.settings.recent_files()
-        for number, path in enumerate(files, start=1):
-            action = menu.addAction(f"&{number % 10}  {Path(path).name}")
-            action.setToolTip(path)
-            action.setStatusTip(path)
-            # not partial(): triggered(bool) would land in open_image's annotations argument
-            action.triggered.connect(lambda _checked=False, path=path: self.open_image(path))
-        if not files:
-            menu.addAction("No recent images").setEnabled(False)
-        menu.addSeparator()
-        menu.addAction("Clear Recent", self.settings.clear_recent_files).setEnabled(bool(files))
-
-    # Annotations ----------------------------------------------------------------------------
-    def choose_annotations(self) -> None:
-        path = dialogs.ask_open_path(self, "Open Annotations", self.settings.last_folder("annotations"), dialogs.JSON_FILTER)
-        if path:
-            self.load_annotations_file(path)
+        self.document_controller.close_image()
 
     def load_annotations_file(self, path: str | Path) -> bool:
-        """Replace the annotations (a few kB of JSON: read on the main thread)."""
-        if self.opened is None:
-            dialogs.warn(self, "No image", "Open an image first, then its annotations.")
-            return False
-        try:
-            annotations = load_annotations(path)
-        except InputError as exc:
-            dialogs.warn(self, "Cannot open annotations", str(exc))
-            return False
-        self.settings.set_last_folder("annotations", path)
-        self.annotations = annotations
-        self._show_annotations()
-        return True
+        """Replace the annotations of the open image; False (after a message box) if that fails."""
+        return self.document_controller.load_annotations_file(path)
 
-    def _show_annotations(self) -> None:
-        slide = self.opened.slide
-        self.annotation_layer.set_annotations(self.annotations, slide.width, slide.height)
-        state = self.layers_panel.state
-        self.annotation_layer.set_visibility(state.show_annotations, state.hidden_classes)
-        if self.annotations is None:
-            self.layers_panel.set_counts(None)
-        else:
-            source = self.annotations.source.name if self.annotations.source else ""
-            notes = "; ".join(self.annotations.notes)
-            self.layers_panel.set_counts(self.annotations.counts(), f"{source}{' — ' + notes if notes else ''}")
-        self._update_agreement()
-
-    # Model ----------------------------------------------------------------------------------
     def choose_model(self) -> None:
-        path = dialogs.ask_open_path(self, "Load Model", self.settings.last_folder("models"), dialogs.MODEL_FILTER)
+        path = self.model_controller.ask_path()
         if path:
-            self.settings.set_last_folder("models", path)
             self.load_model(path)
 
     def load_model(self, path: str | None) -> None:
         """Load a model in the background (None = bundled); the current one stays until then."""
-        self._model_problem = None
-        self.status.showMessage("Loading the model…" if path is None else f"Loading model {Path(path).name}…")
-        self.model_loader.load(path)
-        self._update_actions()
+        self.model_controller.load(path)
+        # run() leaves Run/Cancel as they were when it starts waiting for a model: catch up here.
+        self.heatmap_controller.update_actions()
 
-    def _on_model_loaded(self, model: object, path: str | None) -> None:
-        replacing = self.model is not None
-        had_run = self.runner.cancel() or self.heatmap is not None
-        self.model, self.model_path = model, path
-        self.status.showMessage("Model ready" if path is None else f"Model {Path(path).name} ready", 5000)
-        self.model_ready.emit()
-        self._update_actions()
-        if replacing and had_run and self.opened is not None:
-            self._clear_heatmap()
-            self.run_heatmap()  # the heatmap on screen came from the previous model
-        elif self._run_when_model_ready:
-            self.run_heatmap()
-        self._run_when_model_ready = False
-
-    def _on_model_failed(self, message: str) -> None:
-        self._run_when_model_ready = False
-        self.status.show_progress(None)
-        self.status.clearMessage()
-        self._update_actions()
-        if self.model is None:
-            self._model_problem = message
-            self.layers_panel.set_heatmap_info(f"No model: {message}. Use File › Load Model… to choose one.")
-        dialogs.warn(self, "Cannot load model", f"{message}. Use File › Load Model… to choose another model file.")
-
-    # Heatmap --------------------------------------------------------------------------------
     def run_heatmap(self) -> None:
-        if self.opened is None:
-            return
-        if self.model is None:
-            if self.model_loader.loading:
-                self._run_when_model_ready = True
-                self.layers_panel.set_heatmap_info("Waiting for the model to load…")
-                self.status.show_progress(0.0)
-                return
-            dialogs.warn(self, "No model", f"{self._model_problem or 'No model is loaded'}. "
-                         "Use File › Load Model… to choose a Keras model file.")
-            return
-        slide = self.opened.slide
-        self.heatmap_stride = self.window_step
-        self.heatmap = blank_heatmap(slide.height, slide.width, self.heatmap_stride)
-        self.heatmap_complete = False
-        self._cells_done = 0
-        self.heatmap_layer.set_heatmap(self.heatmap, self.heatmap_stride)
-        self.runner.start(slide, self.model, self.model_path, self.heatmap_stride, self.canvas.visible_centre())
-        self.status.show_progress(0.0)
-        self.layers_panel.set_heatmap_info(f"Computing with {self._model_name()}, window step {self.heatmap_stride} px…")
-        self._update_actions()
-        self._update_agreement()
+        self.heatmap_controller.run()
 
-    def set_window_step(self, step: int) -> None:
-        """Use ``step`` px for heatmaps from now on (and remember it); a heatmap on screen or
-        being computed is re-run at the new step, so the display never mixes two steps."""
-        step = int(step)
-        if step not in self.actions.window_steps:
-            raise ValueError(f"window step must be one of {sorted(self.actions.window_steps)} px, got {step}")
-        # Keeps the menu right when called from code rather than from the menu.
-        self.actions.window_steps[step].setChecked(True)
-        if step == self.window_step:
-            return
-        self.window_step = step
-        self.settings.set_heatmap_stride(step)
-        if self.opened is not None and self.heatmap is not None:  # also true while a run is going
-            # Cancel first, so the old run's "stopped" update lands before the new run starts
-            # instead of in the middle of run_heatmap (as when a new model replaces a run).
-            self.runner.cancel()
-            self.run_heatmap()
+    # Showing the document -------------------------------------------------------------------
+    def _show_document(self) -> None:
+        opened = self.document.opened
+        if opened is None:
+            self.canvas.clear_image()
+            self.stack.setCurrentWidget(self.placeholder)
+            self.setWindowTitle(APP_NAME)
+            self.setWindowFilePath("")
+            self.status.clear_cursor()
+            self.status.show_zoom(None)
         else:
-            # Nothing to redo: no image, never run, or waiting for the model (that run has not
-            # started yet and reads the new step when it does).
-            self.status.showMessage(f"Window step {step} px: used for the next heatmap", 5000)
+            self.canvas.set_image(opened.pyramid)
+            self.stack.setCurrentWidget(self.canvas)
+            self.setWindowTitle(f"{opened.slide.name} — {APP_NAME}")
+            self.setWindowFilePath(str(opened.slide.path))
+        self._update_image_actions()
 
-    def cancel_heatmap(self) -> None:
-        waiting, self._run_when_model_ready = self._run_when_model_ready, False
-        if not self.runner.cancel() and waiting:  # nothing ran yet: it was waiting for the model
-            self.status.show_progress(None)
-            self.layers_panel.set_heatmap_info("No heatmap yet (Analysis › Run Heatmap, Ctrl+R)")
-            self._update_actions()
+    def _update_image_actions(self) -> None:
+        a, has_image = self.actions, self.document.opened is not None
+        for action in (a.open_annotations, a.export_overlay, a.close_image, a.fit, a.zoom_100, a.zoom_in, a.zoom_out):
+            action.setEnabled(has_image)
 
-    def _on_tile(self, request: HeatmapRequest, rows: slice, cols: slice, probabilities: np.ndarray) -> None:
-        # The runner only forwards tiles of the current request, for the current image.
-        self.heatmap[rows, cols] = probabilities
-        self.heatmap_layer.update_cells(rows, cols)
-        self._cells_done += probabilities.size
-        self.status.show_progress(self._cells_done / self.heatmap.size)
+    def _fill_recent_menu(self) -> None:
+        self.document_controller.fill_recent_menu(self.actions.recent_menu)
 
-    def _on_heatmap_finished(self, request: HeatmapRequest, completed: bool) -> None:
-        self.status.show_progress(None)
-        self.heatmap_complete = completed
-        done = self._cells_done / self.heatmap.size if self.heatmap is not None and self.heatmap.size else 0
-        if completed:
-            self.layers_panel.set_heatmap_info(f"{self._model_name()}, window step {request.stride} px")
-            self.status.showMessage("Heatmap complete", 5000)
-        else:
-            self.layers_panel.set_heatmap_info(f"Stopped at {done:.0%} (Analysis › Run Heatmap to restart)")
-        self._update_actions()
-        self._update_agreement()
-        self.heatmap_finished.emit(completed)
-
-    def _on_heatmap_failed(self, request: HeatmapRequest, message: str) -> None:
-        self.status.show_progress(None)
-        self.layers_panel.set_heatmap_info("The heatmap failed.")
-        self._update_actions()
-        dialogs.warn(self, "Heatmap failed", message)
-        self.heatmap_finished.emit(False)
-
-    def _clear_heatmap(self) -> None:
-        self.heatmap = None
-        self.heatmap_complete = False
-        self.heatmap_layer.set_heatmap(None, DEFAULT_STRIDE)
-        self.layers_panel.set_heatmap_info("No heatmap yet (Analysis › Run Heatmap, Ctrl+R)")
-        self.status.show_progress(None)
-        self._update_agreement()
-
-    def _model_name(self) -> str:
-        return Path(self.model_path).name if self.model_path else "the bundled model"
-
-    # Agreement ------------------------------------------------------------------------------
-    def _update_agreement(self) -> None:
-        """Recompute the agreement table (after a run ends or the annotations change)."""
-        self.agreement_result = None
-        if self.annotations is None or self.heatmap is None:
-            self.agreement_panel.show_result(None, "Needs annotations and a heatmap.")
-            return
-        if self.runner.is_running():
-            self.agreement_panel.show_result(None, "Waiting for the heatmap to finish…")
-            return
-        slide = self.opened.slide
-        self.agreement_result = agreement(self.heatmap, self.annotations, slide.width, slide.height,
-                                          stride=self.heatmap_stride)
-        note = "" if self.heatmap_complete else "Partial heatmap: only computed cells are compared."
-        self.agreement_panel.show_result(self.agreement_result, note)
-
-    def export_agreement(self) -> None:
-        from viewer.agreement import agreement_to_csv
-
-        result = self.agreement_result
-        if result is None:
-            return
-        target = dialogs.ask_save_path(self, "Export Agreement", self._suggest("agreement.csv"), "CSV (*.csv)", ".csv")
-        if target is None:
-            return
-        try:
-            agreement_to_csv(result, target[0], force=target[1])
-        except InputError as exc:
-            dialogs.warn(self, "Cannot export", str(exc))
-            return
-        self.settings.set_last_folder("exports", target[0])
-        self.status.showMessage(f"Saved {target[0]}", 5000)
-        self.exported.emit(str(target[0]))
-
-    # Export ---------------------------------------------------------------------------------
-    def _suggest(self, ending: str) -> str:
-        stem = self.opened.slide.path.stem if self.opened else "histoviewer"
-        return str(Path(self.settings.last_folder("exports")) / f"{stem}_{ending}")
-
-    def export_overlay(self) -> None:
-        if self.opened is None:
-            return
-        target = dialogs.ask_save_path(
-            self, "Export Overlay", self._suggest("overlay.png"),
-            "PNG image (*.png);;TIFF image (*.tif *.tiff);;JPEG image (*.jpg *.jpeg)", ".png",
-        )
-        if target is None:
-            return
-        classes = self.annotations.classes if self.annotations else ()
-        style = self.layers_panel.state.overlay_style(classes, self.heatmap_stride, self.actions.export_legend.isChecked())
-        # Snapshot the heatmap: tiles may still be arriving while the export runs.
-        heatmap = None if self.heatmap is None else self.heatmap.copy()
-        self._run_export(write_overlay, self.opened.slide.pixels, heatmap, self.annotations, style, *target)
-
-    def export_heatmap(self) -> None:
-        if self.heatmap is None or self.runner.is_running():
-            return
-        target = dialogs.ask_save_path(
-            self, "Export Heatmap", self._suggest("heatmap.npy"),
-            "NumPy array (*.npy);;Float TIFF (*.tif *.tiff)", ".npy", also=(".json",)
-        )
-        if target is None:
-            return
-        slide = self.opened.slide
-        self._run_export(write_heatmap, self.heatmap.copy(), target[0], self.heatmap_stride,
-                         (slide.height, slide.width), slide.path, self.model_path, target[1])
-
-    def _run_export(self, func, *args) -> None:
-        self.status.showMessage("Exporting…")
-        run_in_background(func, *args, on_result=self._on_exported, on_error=self._on_export_failed)
-
-    def _on_exported(self, path: Path) -> None:
-        self.settings.set_last_folder("exports", path)
-        self.status.showMessage(f"Saved {path}", 8000)
-        self.exported.emit(str(path))
-
-    def _on_export_failed(self, exc: BaseException) -> None:
-        self.status.clearMessage()
-        message = describe_error(exc)
-        dialogs.warn(self, "Cannot export", message)
-        self.export_failed.emit(message)
-
-    # Layers ---------------------------------------------------------------------------------
     def _change_layers(self, **changes: object) -> None:
         state = replace(self.layers_panel.state, **changes)
         if state != self.layers_panel.state:
@@ -519,32 +258,20 @@ class MainWindow(QMainWindow):
         if save:
             self.settings.save_layer_values(state.to_settings())
 
-    # Status bar -----------------------------------------------------------------------------
     def _show_cursor(self, x: float, y: float) -> None:
-        if self.opened is None:
+        if self.document.opened is None:
             return
-        slide = self.opened.slide
+        slide = self.document.opened.slide
         col, row = math.floor(x), math.floor(y)
         if not (0 <= col < slide.width and 0 <= row < slide.height):
             self.status.clear_cursor()
             return
         rgb = tuple(int(v) for v in slide.pixels[row, col])
-        probability = None
-        if self.heatmap is not None:
-            cell = pixel_to_cell(x, y, self.heatmap.shape, self.heatmap_stride)
-            probability = None if cell is None else float(self.heatmap[cell])
+        heatmap, probability = self.heatmap_controller.heatmap, None
+        if heatmap is not None:
+            cell = pixel_to_cell(x, y, heatmap.shape, self.heatmap_controller.stride)
+            probability = None if cell is None else float(heatmap[cell])
         self.status.show_cursor(col, row, rgb, probability)
-
-    def _update_actions(self) -> None:
-        a = self.actions
-        has_image = self.opened is not None
-        running = self.runner.is_running() or self._run_when_model_ready
-        for action in (a.open_annotations, a.export_overlay, a.close_image, a.fit, a.zoom_100, a.zoom_in, a.zoom_out):
-            action.setEnabled(has_image)
-        a.run_heatmap.setEnabled(has_image and not running)
-        a.cancel_heatmap.setEnabled(running)
-        # A stopped (partial) heatmap can be saved too: its sidecar says "complete": false.
-        a.export_heatmap.setEnabled(self.heatmap is not None and not running)
 
     # Drag and drop --------------------------------------------------------------------------
     @staticmethod
@@ -556,7 +283,7 @@ class MainWindow(QMainWindow):
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
         images, jsons = self._dropped_files(event)
-        if images or (jsons and self.opened is not None):
+        if images or (jsons and self.document.opened is not None):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
@@ -580,10 +307,9 @@ class MainWindow(QMainWindow):
         self._closing = True
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
-        self._open_generation += 1
-        self._run_when_model_ready = False
-        self.model_loader.discard()
-        self.runner.cancel()
+        self.document_controller.shut_down()
+        self.model_controller.loader.discard()
+        self.heatmap_controller.shut_down()
         self.hide()
         # Join the worker threads so none outlives the window (a tile takes well under a second;
         # a model still loading finishes its import first).

@@ -1,0 +1,117 @@
+"""File › Export Overlay…, Export Heatmap… and the Agreement dock's Export CSV…: asking where, then writing.
+
+The overlay and the heatmap are snapshots taken here on the main thread and written in a worker
+by export.py, so tiles still arriving cannot change a file half-way; the small agreement CSV is
+written directly. Every export ends in ``exported`` or ``export_failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QWidget
+
+from viewer.agreement import agreement_to_csv
+from viewer.errors import InputError
+from viewer.gui import dialogs
+from viewer.gui.agreement_controller import AgreementController
+from viewer.gui.document import Document
+from viewer.gui.export import write_heatmap, write_overlay
+from viewer.gui.heatmap_controller import HeatmapController
+from viewer.gui.layers_panel import LayersPanel
+from viewer.gui.model_controller import ModelController
+from viewer.gui.settings import Settings
+from viewer.gui.status import StatusBar
+from viewer.gui.worker import describe_error, run_in_background
+
+
+class ExportController(QObject):
+    exported = Signal(str)
+    export_failed = Signal(str)
+
+    def __init__(
+        self, window: QWidget, document: Document, heatmaps: HeatmapController, models: ModelController,
+        agreement: AgreementController, layers_panel: LayersPanel, legend: QAction, status: StatusBar,
+        settings: Settings,
+    ) -> None:
+        super().__init__(window)
+        self._window = window
+        self._document = document
+        self._heatmaps = heatmaps
+        self._models = models
+        self._agreement = agreement
+        self._layers_panel = layers_panel
+        self._legend = legend  # File › Add Legend to Exported Overlays
+        self._status = status
+        self._settings = settings
+
+    def export_overlay(self) -> None:
+        if self._document.opened is None:
+            return
+        target = dialogs.ask_save_path(
+            self._window, "Export Overlay", self._suggest("overlay.png"),
+            "PNG image (*.png);;TIFF image (*.tif *.tiff);;JPEG image (*.jpg *.jpeg)", ".png",
+        )
+        if target is None:
+            return
+        heatmaps, annotations = self._heatmaps, self._document.annotations
+        classes = annotations.classes if annotations else ()
+        style = self._layers_panel.state.overlay_style(classes, heatmaps.stride, self._legend.isChecked())
+        # Snapshot the heatmap: tiles may still be arriving while the export runs.
+        heatmap = None if heatmaps.heatmap is None else heatmaps.heatmap.copy()
+        self._run(write_overlay, self._document.opened.slide.pixels, heatmap, annotations, style, *target)
+
+    def export_heatmap(self) -> None:
+        heatmaps = self._heatmaps
+        if heatmaps.heatmap is None or heatmaps.runner.is_running():
+            return
+        target = dialogs.ask_save_path(
+            self._window, "Export Heatmap", self._suggest("heatmap.npy"),
+            "NumPy array (*.npy);;Float TIFF (*.tif *.tiff)", ".npy", also=(".json",)
+        )
+        if target is None:
+            return
+        slide = self._document.opened.slide
+        self._run(write_heatmap, heatmaps.heatmap.copy(), target[0], heatmaps.stride,
+                  (slide.height, slide.width), slide.path, self._models.path, target[1])
+
+    def export_agreement(self) -> None:
+        result = self._agreement.result
+        if result is None:
+            return
+        target = dialogs.ask_save_path(self._window, "Export Agreement", self._suggest("agreement.csv"),
+                                       "CSV (*.csv)", ".csv")
+        if target is None:
+            return
+        try:
+            agreement_to_csv(result, target[0], force=target[1])
+        except InputError as exc:
+            dialogs.warn(self._window, "Cannot export", str(exc))
+            return
+        self._settings.set_last_folder("exports", target[0])
+        self._status.showMessage(f"Saved {target[0]}", 5000)
+        self.exported.emit(str(target[0]))
+
+    def _suggest(self, ending: str) -> str:
+        opened = self._document.opened
+        stem = opened.slide.path.stem if opened else "histoviewer"
+        return str(Path(self._settings.last_folder("exports")) / f"{stem}_{ending}")
+
+    def _run(self, func: Callable[..., Path], *args: Any) -> None:
+        self._status.showMessage("Exporting…")
+        run_in_background(func, *args, on_result=self._on_exported, on_error=self._on_failed)
+
+    def _on_exported(self, path: Path) -> None:
+        self._settings.set_last_folder("exports", path)
+        self._status.showMessage(f"Saved {path}", 8000)
+        self.exported.emit(str(path))
+
+    def _on_failed(self, exc: BaseException) -> None:
+        self._status.clearMessage()
+        message = describe_error(exc)
+        dialogs.warn(self._window, "Cannot export", message)
+        self.export_failed.emit(message)
