@@ -121,3 +121,23 @@ def test_hidden_classes_export_matches_cli_classes_option(qtbot, make_window, di
     everything = tmp_path / "all.png"
     assert cli_main(["export", str(small_image), "--out", str(everything), "--no-heatmap"]) == 0
     assert not np.array_equal(gui, np.asarray(Image.open(everything)))  # a marker really was hidden
+
+
+def test_export_is_refused_when_the_image_closes_while_the_dialog_is_up(
+        qtbot, make_window, dialogs_seen, open_and_wait, run_heatmap, small_image: Path, tmp_path: Path,
+        monkeypatch) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    window = make_window()
+    open_and_wait(window, small_image)
+    run_heatmap(window)
+    target = tmp_path / "late.png"
+
+    def dialog_during_which_the_image_closes(*args, **kwargs):
+        window.close_image()  # what a background open landing under the modal dialog does
+        return str(target), ""
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(dialog_during_which_the_image_closes))
+    window.export_controller.export_overlay()
+    assert "changed while the save dialog was open" in dialogs_seen.expect("warning")[1]
+    assert not target.exists() and window.opened is None

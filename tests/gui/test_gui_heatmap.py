@@ -145,3 +145,40 @@ def test_run_without_a_model_explains(qtbot, make_window, dialogs_seen, open_and
     open_and_wait(window, small_image)
     window.actions.run_heatmap.trigger()
     assert "Load Model" in dialogs_seen.expect("warning")[1]
+
+
+def test_a_run_waiting_for_the_model_can_be_cancelled(qtbot, make_window, open_and_wait, small_image: Path,
+                                                     model_file: Path) -> None:
+    window = make_window()
+    open_and_wait(window, small_image)
+    window.model = None
+    with qtbot.waitSignal(window.model_ready, timeout=60_000):
+        window.load_model(str(model_file))
+        window.actions.run_heatmap.trigger()  # the model is still loading: the run waits for it
+        assert window.actions.cancel_heatmap.isEnabled() and not window.actions.run_heatmap.isEnabled()
+        window.actions.cancel_heatmap.trigger()  # Esc
+        assert window.actions.run_heatmap.isEnabled() and not window.actions.cancel_heatmap.isEnabled()
+    assert window.heatmap is None  # the cancelled wait did not start a run when the model arrived
+
+
+def test_a_failed_run_still_updates_the_agreement_table(qtbot, make_window, dialogs_seen, open_and_wait,
+                                                       small_image: Path, monkeypatch) -> None:
+    import viewer.heatmap
+
+    real = viewer.heatmap.iter_heatmap_tiles
+
+    def fails_after_one_tile(*args, **kwargs):
+        tiles = real(*args, **kwargs)
+        yield next(tiles)
+        tiles.close()
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(viewer.heatmap, "iter_heatmap_tiles", fails_after_one_tile)
+    window = make_window()
+    open_and_wait(window, small_image)
+    with qtbot.waitSignal(window.heatmap_finished, timeout=60_000) as done:
+        window.actions.run_heatmap.trigger()
+    assert done.args == [False]
+    assert "MemoryError" in dialogs_seen.expect("warning")[1]
+    panel = window.agreement_panel
+    assert "Waiting" not in panel.message.text() and "Partial heatmap" in panel.message.text()

@@ -50,13 +50,14 @@ class ExportController(QObject):
         self._settings = settings
 
     def export_overlay(self) -> None:
-        if self._document.opened is None:
+        opened = self._document.opened
+        if opened is None:
             return
         target = dialogs.ask_save_path(
             self._window, "Export Overlay", self._suggest("overlay.png"),
             "PNG image (*.png);;TIFF image (*.tif *.tiff);;JPEG image (*.jpg *.jpeg)", ".png",
         )
-        if target is None:
+        if target is None or not self._still_open(opened):
             return
         heatmaps, annotations = self._heatmaps, self._document.annotations
         classes = annotations.classes if annotations else ()
@@ -66,17 +67,18 @@ class ExportController(QObject):
         self._run(write_overlay, self._document.opened.slide.pixels, heatmap, annotations, style, *target)
 
     def export_heatmap(self) -> None:
-        heatmaps = self._heatmaps
-        if heatmaps.heatmap is None or heatmaps.runner.is_running():
+        heatmaps, opened = self._heatmaps, self._document.opened
+        heatmap = heatmaps.heatmap
+        if opened is None or heatmap is None or heatmaps.runner.is_running():
             return
         target = dialogs.ask_save_path(
             self._window, "Export Heatmap", self._suggest("heatmap.npy"),
             "NumPy array (*.npy);;Float TIFF (*.tif *.tiff)", ".npy", also=(".json",)
         )
-        if target is None:
+        if target is None or not self._still_open(opened, heatmap):
             return
-        slide = self._document.opened.slide
-        self._run(write_heatmap, heatmaps.heatmap.copy(), target[0], heatmaps.stride,
+        slide = opened.slide
+        self._run(write_heatmap, heatmap.copy(), target[0], heatmaps.stride,
                   (slide.height, slide.width), slide.path, self._models.path, target[1])
 
     def export_agreement(self) -> None:
@@ -95,6 +97,15 @@ class ExportController(QObject):
         self._settings.set_last_folder("exports", target[0])
         self._status.showMessage(f"Saved {target[0]}", 5000)
         self.exported.emit(str(target[0]))
+
+    def _still_open(self, opened: object, heatmap: object = None) -> bool:
+        """The save dialog is modal, but an image opening in the background can still land
+        while it is up: then the export would mix two images, so it is refused instead."""
+        if self._document.opened is opened and (heatmap is None or self._heatmaps.heatmap is heatmap):
+            return True
+        dialogs.warn(self._window, "Nothing exported",
+                     "The image or its heatmap changed while the save dialog was open. Export again.")
+        return False
 
     def _suggest(self, ending: str) -> str:
         opened = self._document.opened

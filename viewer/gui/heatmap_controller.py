@@ -30,7 +30,7 @@ NO_HEATMAP = "No heatmap yet (Analysis › Run Heatmap, Ctrl+R)"
 
 class HeatmapController(QObject):
     finished = Signal(bool)  # True = complete, False = cancelled or failed
-    changed = Signal()  # a run started or ended (not failed), or the heatmap was cleared
+    changed = Signal()  # a run started, ended or failed, or the heatmap was cleared
 
     def __init__(
         self, window: QWidget, document: Document, models: ModelController, canvas: Canvas,
@@ -79,6 +79,7 @@ class HeatmapController(QObject):
                 self._waiting_for_model = True
                 self._panel.set_heatmap_info("Waiting for the model to load…")
                 self._status.show_progress(0.0)
+                self.update_actions()  # Run off, Cancel (Esc) on: the wait can be cancelled
                 return
             dialogs.warn(self._window, "No model", f"{models.problem or 'No model is loaded'}. "
                          "Use File › Load Model… to choose a Keras model file.")
@@ -178,6 +179,7 @@ class HeatmapController(QObject):
         self._status.show_progress(None)
         self._panel.set_heatmap_info("The heatmap failed.")
         self.update_actions()
+        self.changed.emit()  # the agreement table compares the cells computed before the failure
         dialogs.warn(self._window, "Heatmap failed", message)
         self.finished.emit(False)
 
