@@ -168,6 +168,18 @@ def run_heatmap(qtbot):
 
 
 @pytest.fixture
+def export_to(qtbot, dialogs_seen):
+    """Trigger an export action, answer its save dialog with ``target`` and wait until written."""
+
+    def export(window, action, target: Path, timeout: int = 30_000) -> None:
+        dialogs_seen.save_paths.append(str(target))
+        with qtbot.waitSignal(window.exported, timeout=timeout):
+            action.trigger()
+
+    return export
+
+
+@pytest.fixture
 def gated_engine(monkeypatch: pytest.MonkeyPatch):
     """Make every heatmap run pause after its first tile until the test sets the returned Event.
 

@@ -11,13 +11,7 @@ from PIL import Image
 from viewer.cli import main as cli_main
 
 
-def _export(qtbot, window, dialogs_seen, action, target: Path) -> None:
-    dialogs_seen.save_paths.append(str(target))
-    with qtbot.waitSignal(window.exported, timeout=30_000):
-        action.trigger()
-
-
-def test_overlay_export_matches_the_cli(qtbot, make_window, dialogs_seen, open_and_wait, run_heatmap,
+def test_overlay_export_matches_the_cli(qtbot, make_window, dialogs_seen, export_to, open_and_wait, run_heatmap,
                                         small_image: Path, model_file: Path, tmp_path: Path) -> None:
     window = make_window()
     open_and_wait(window, small_image)
@@ -28,7 +22,7 @@ def test_overlay_export_matches_the_cli(qtbot, make_window, dialogs_seen, open_a
     panel.colormap_combo.setCurrentText("viridis")
     window.actions.export_legend.setChecked(True)
     gui_file = tmp_path / "gui.png"
-    _export(qtbot, window, dialogs_seen, window.actions.export_overlay, gui_file)
+    export_to(window, window.actions.export_overlay, gui_file)
 
     cli_file = tmp_path / "cli.png"
     code = cli_main(["export", str(small_image), "--out", str(cli_file), "--model", str(model_file),
@@ -43,11 +37,11 @@ def test_overlay_export_matches_the_cli(qtbot, make_window, dialogs_seen, open_a
     window.actions.show_annotations.trigger()
     window.actions.export_legend.setChecked(False)
     plain = tmp_path / "plain.png"
-    _export(qtbot, window, dialogs_seen, window.actions.export_overlay, plain)
+    export_to(window, window.actions.export_overlay, plain)
     assert np.array_equal(np.asarray(Image.open(plain)), window.opened.slide.pixels)
 
 
-def test_overwrite_asks_first(qtbot, make_window, dialogs_seen, open_and_wait, small_image: Path, tmp_path: Path) -> None:
+def test_overwrite_asks_first(qtbot, make_window, dialogs_seen, export_to, open_and_wait, small_image: Path, tmp_path: Path) -> None:
     window = make_window()
     open_and_wait(window, small_image)
     target = tmp_path / "out.png"
@@ -59,7 +53,7 @@ def test_overwrite_asks_first(qtbot, make_window, dialogs_seen, open_and_wait, s
     assert target.read_bytes() == b"keep me"
 
     dialogs_seen.answer = dialogs_seen.answer.Yes
-    _export(qtbot, window, dialogs_seen, window.actions.export_overlay, target)
+    export_to(window, window.actions.export_overlay, target)
     dialogs_seen.expect("question")
     assert Image.open(target).size == (200, 160)
 
@@ -73,14 +67,14 @@ def test_export_error_is_shown(qtbot, make_window, dialogs_seen, open_and_wait, 
     assert "does not exist" in dialogs_seen.expect("warning")[1]
 
 
-def test_heatmap_export_writes_array_and_sidecar(qtbot, make_window, dialogs_seen, open_and_wait, run_heatmap,
+def test_heatmap_export_writes_array_and_sidecar(qtbot, make_window, dialogs_seen, export_to, open_and_wait, run_heatmap,
                                                  small_image: Path, tmp_path: Path) -> None:
     window = make_window()
     open_and_wait(window, small_image)
     run_heatmap(window)
     target = tmp_path / "heat.npy"
     (tmp_path / "heat.json").write_text("{}")  # an existing sidecar counts as an overwrite
-    _export(qtbot, window, dialogs_seen, window.actions.export_heatmap, target)
+    export_to(window, window.actions.export_heatmap, target)
     assert "heat.json" in dialogs_seen.expect("question")[1]
     np.testing.assert_array_equal(np.load(target), window.heatmap)
     meta = json.loads((tmp_path / "heat.json").read_text())
@@ -102,7 +96,7 @@ def test_agreement_csv(qtbot, make_window, dialogs_seen, open_and_wait, run_heat
     assert target.read_text().splitlines()[0].startswith("row,class,points")
 
 
-def test_hidden_classes_export_matches_cli_classes_option(qtbot, make_window, dialogs_seen, open_and_wait,
+def test_hidden_classes_export_matches_cli_classes_option(qtbot, make_window, dialogs_seen, export_to, open_and_wait,
                                                           small_image: Path, tmp_path: Path) -> None:
     window = make_window()
     open_and_wait(window, small_image)
@@ -112,7 +106,7 @@ def test_hidden_classes_export_matches_cli_classes_option(qtbot, make_window, di
     for name in hidden:
         boxes[name].setChecked(False)
     gui_file = tmp_path / "gui_classes.png"
-    _export(qtbot, window, dialogs_seen, window.actions.export_overlay, gui_file)
+    export_to(window, window.actions.export_overlay, gui_file)
 
     cli_file = tmp_path / "cli_classes.png"
     assert cli_main(["export", str(small_image), "--out", str(cli_file), "--no-heatmap", "--classes", "tumor"]) == 0

@@ -70,7 +70,7 @@ def test_16_px_reruns_the_heatmap_and_every_reader_follows(qtbot, make_window, o
     assert window.status.probability_label.text() == f"p {window.heatmap[1, 2]:.3f}"
 
 
-def test_exports_use_the_chosen_step(qtbot, make_window, dialogs_seen, open_and_wait, run_heatmap,
+def test_exports_use_the_chosen_step(qtbot, make_window, dialogs_seen, export_to, open_and_wait, run_heatmap,
                                      small_image: Path, model_file: Path, tmp_path: Path) -> None:
     window = make_window()
     open_and_wait(window, small_image)
@@ -78,16 +78,12 @@ def test_exports_use_the_chosen_step(qtbot, make_window, dialogs_seen, open_and_
     _choose_step(qtbot, window, 16)
 
     target = tmp_path / "heat16.npy"
-    dialogs_seen.save_paths.append(str(target))
-    with qtbot.waitSignal(window.exported, timeout=30_000):
-        window.actions.export_heatmap.trigger()
+    export_to(window, window.actions.export_heatmap, target)
     np.testing.assert_array_equal(np.load(target), window.heatmap)
     assert json.loads((tmp_path / "heat16.json").read_text())["geometry"]["stride"] == 16
 
     gui_file = tmp_path / "gui16.png"
-    dialogs_seen.save_paths.append(str(gui_file))
-    with qtbot.waitSignal(window.exported, timeout=30_000):
-        window.actions.export_overlay.trigger()
+    export_to(window, window.actions.export_overlay, gui_file)
     state = window.layers_panel.state
     cli_file = tmp_path / "cli16.png"
     assert cli_main(["export", str(small_image), "--out", str(cli_file), "--model", str(model_file),
