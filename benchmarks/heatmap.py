@@ -102,7 +102,7 @@ def _load(image_path: str, model_path: str):
     from viewer.model import load_model
     from viewer.slide import open_slide
 
-    pixels = open_slide(image_path).pixels
+    pixels = open_slide(image_path).read_all()
     model = load_model(model_path)
     return pixels, model
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
         from viewer.model import file_sha256
         from viewer.slide import open_slide
 
-        pixels = open_slide(image).pixels
+        pixels = open_slide(image).read_all()
         rows, cols = heatmap_shape(pixels.shape[0], pixels.shape[1], args.stride)
         print(f"image  {image.name}: {pixels.shape[1]}x{pixels.shape[0]} px, stride {args.stride} -> "
               f"heatmap {rows}x{cols} ({rows * cols} windows)")

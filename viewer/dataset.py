@@ -163,7 +163,7 @@ def load_labelled(entry: ImageEntry) -> LabelledImage:
     w, h = slide.width, slide.height
     return LabelledImage(
         name=entry.name,
-        pixels=slide.pixels,
+        pixels=slide.read_all(),
         tumour_points=ann.pixel_points(TUMOUR_CLASS, w, h),
         all_points=all_class_points(ann, w, h),
         notes=tuple(slide.notes) + tuple(ann.notes),

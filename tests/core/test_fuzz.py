@@ -213,7 +213,7 @@ def open_or_refuse(path: Path) -> None:
         assert "\n" not in text and str(path) in text, text
         return
     assert isinstance(result, Slide)
-    assert result.pixels.dtype == np.uint8 and result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+    assert result.read_all().dtype == np.uint8 and result.read_all().ndim == 3 and result.read_all().shape[2] == 3
     assert result.width >= 32 and result.height >= 32
 
 

@@ -439,7 +439,7 @@ def test_bundled_model_full_image_is_exact():
     if images:
         from viewer.slide import open_slide
 
-        img = open_slide(images[0]).pixels
+        img = open_slide(images[0]).read_all()
     else:
         img = textured_image(1024, 1360, seed=3)
     m = load_model()

@@ -25,9 +25,8 @@ QT_MODULES = ("PySide6", "PyQt5", "PyQt6", "PySide2", "shiboken6", "pyqtgraph", 
 
 
 def core_modules() -> list[str]:
-    names = [f"viewer.{m.name}" for m in pkgutil.iter_modules(viewer.__path__) if m.name not in ("gui", "__main__")]
-    names += [f"viewer.commands.{m.name}" for m in pkgutil.iter_modules(viewer.commands.__path__)]
-    return sorted(names)
+    names = [m.name for m in pkgutil.walk_packages(viewer.__path__, "viewer.")]
+    return sorted(n for n in names if n != "viewer.__main__" and not n.startswith("viewer.gui"))
 
 
 def imported_after(code: str) -> set[str]:

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from viewer import slide as slide_module
+from viewer.slide import decode as slide_module
 from viewer.errors import ImageError, InputError
 from viewer.slide import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Slide, max_pixels_setting, open_slide, to_rgb_uint8
 
@@ -42,9 +42,9 @@ def assert_one_line(info: pytest.ExceptionInfo, path, *words: str) -> str:
 def opened(path, **kwargs) -> Slide:
     result = open_slide(path, **kwargs)
     assert isinstance(result, Slide)
-    assert result.pixels.dtype == np.uint8 and result.pixels.ndim == 3 and result.pixels.shape[2] == 3
-    assert result.pixels.flags.c_contiguous and not result.pixels.flags.writeable
-    assert (result.height, result.width) == result.pixels.shape[:2]
+    assert result.read_all().dtype == np.uint8 and result.read_all().ndim == 3 and result.read_all().shape[2] == 3
+    assert result.read_all().flags.c_contiguous and not result.read_all().flags.writeable
+    assert (result.height, result.width) == result.read_all().shape[:2]
     assert result.name == Path(path).name and result.path == Path(path)
     return result
 
@@ -77,14 +77,14 @@ def test_lossless_tiff_compressions_open_with_exact_pixels(tmp_path, compression
     if compression == "webp":
         kwargs["compressionargs"] = {"level": 100, "lossless": True}
     tifffile.imwrite(path, RGB, **kwargs)
-    np.testing.assert_array_equal(opened(path).pixels, RGB)
+    np.testing.assert_array_equal(opened(path).read_all(), RGB)
 
 
 def test_jpeg_compressed_tiff_opens_close_to_the_original(tmp_path):
     path = tmp_path / "jpeg.tif"
     smooth = SMOOTH
     tifffile.imwrite(path, smooth, compression="jpeg", compressionargs={"level": 95}, photometric="rgb")
-    pixels = opened(path).pixels
+    pixels = opened(path).read_all()
     assert pixels.shape == smooth.shape
     assert np.abs(pixels.astype(int) - smooth).mean() < 3
 
@@ -113,20 +113,20 @@ def test_tiff_layouts_open_with_exact_pixels(tmp_path, layout):
         tifffile.imwrite(path, np.moveaxis(array, -1, 0), photometric="rgb", **layout)
     else:
         tifffile.imwrite(path, array, photometric="rgb", **layout)
-    np.testing.assert_array_equal(opened(path).pixels, array)
+    np.testing.assert_array_equal(opened(path).read_all(), array)
 
 
 def test_real_brecahad_tiff_opens(shared_data_dir):
     path = sorted((shared_data_dir / "images").glob("*.tif"))[0]
     result = opened(path)
     assert (result.width, result.height) == (1360, 1024)
-    np.testing.assert_array_equal(result.pixels, tifffile.imread(path))
-    assert result.notes == ()
+    np.testing.assert_array_equal(result.read_all(), tifffile.imread(path))
+    assert not result.notes
 
 
 def test_png_rgb_rgba_grey_16bit_palette_and_1bit(tmp_path):
     Image.fromarray(RGB).save(tmp_path / "rgb.png")
-    np.testing.assert_array_equal(opened(tmp_path / "rgb.png").pixels, RGB)
+    np.testing.assert_array_equal(opened(tmp_path / "rgb.png").read_all(), RGB)
 
     rgba = np.dstack([RGB, np.full(RGB.shape[:2], 255, np.uint8)])
     rgba[0, 0, 3] = 0  # one fully transparent pixel: composited over white
@@ -134,47 +134,47 @@ def test_png_rgb_rgba_grey_16bit_palette_and_1bit(tmp_path):
     result = opened(tmp_path / "rgba.png")
     expected = RGB.copy()
     expected[0, 0] = 255
-    np.testing.assert_array_equal(result.pixels, expected)
+    np.testing.assert_array_equal(result.read_all(), expected)
     assert any("alpha" in note for note in result.notes)
 
     grey = RGB[..., 0]
     Image.fromarray(grey).save(tmp_path / "grey.png")
     result = opened(tmp_path / "grey.png")
-    np.testing.assert_array_equal(result.pixels, np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(result.read_all(), np.repeat(grey[..., None], 3, axis=2))
     assert any("grey" in note for note in result.notes)
 
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
     result = opened(tmp_path / "grey16.png")
-    np.testing.assert_array_equal(result.pixels[..., 0], grey)
+    np.testing.assert_array_equal(result.read_all()[..., 0], grey)
     assert any("16-bit" in note for note in result.notes)
 
     Image.fromarray(RGB).convert("P").save(tmp_path / "palette.png")
-    assert opened(tmp_path / "palette.png").pixels.shape == RGB.shape
+    assert opened(tmp_path / "palette.png").read_all().shape == RGB.shape
 
     Image.fromarray(grey > 127).save(tmp_path / "bits.png")
-    np.testing.assert_array_equal(opened(tmp_path / "bits.png").pixels[..., 0], np.where(grey > 127, 255, 0))
+    np.testing.assert_array_equal(opened(tmp_path / "bits.png").read_all()[..., 0], np.where(grey > 127, 255, 0))
 
 
 def test_jpeg_rgb_grey_and_cmyk(tmp_path):
     smooth = SMOOTH
     Image.fromarray(smooth).save(tmp_path / "rgb.jpg", quality=95)
-    assert np.abs(opened(tmp_path / "rgb.jpg").pixels.astype(int) - smooth).mean() < 3
+    assert np.abs(opened(tmp_path / "rgb.jpg").read_all().astype(int) - smooth).mean() < 3
 
     Image.fromarray(smooth[..., 1]).save(tmp_path / "grey.jpeg", quality=95)
     result = opened(tmp_path / "grey.jpeg")
-    assert np.abs(result.pixels[..., 0].astype(int) - smooth[..., 1]).mean() < 3
+    assert np.abs(result.read_all()[..., 0].astype(int) - smooth[..., 1]).mean() < 3
     assert any("grey" in note for note in result.notes)
 
     Image.fromarray(smooth).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
     result = opened(tmp_path / "cmyk.jpg")
-    assert result.pixels.shape == smooth.shape
-    assert np.abs(result.pixels.astype(int) - smooth).mean() < 6
+    assert result.read_all().shape == smooth.shape
+    assert np.abs(result.read_all().astype(int) - smooth).mean() < 6
 
 
 def test_content_decides_the_format_not_the_suffix(tmp_path):
     path = tmp_path / "really_a_png.tif"
     Image.fromarray(RGB).save(path, format="PNG")
-    np.testing.assert_array_equal(opened(path).pixels, RGB)
+    np.testing.assert_array_equal(opened(path).read_all(), RGB)
 
 
 def test_pillow_bomb_limit_does_not_override_ours(tmp_path, monkeypatch):
@@ -184,7 +184,7 @@ def test_pillow_bomb_limit_does_not_override_ours(tmp_path, monkeypatch):
     path = tmp_path / "normal.png"
     Image.fromarray(RGB).save(path)
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # Pillow would refuse 5120 px
-    np.testing.assert_array_equal(opened(path).pixels, RGB)
+    np.testing.assert_array_equal(opened(path).read_all(), RGB)
     with pytest.raises(ImageError) as info:
         open_slide(path, max_pixels=100)
     assert_one_line(info, path, "limit", "HISTOVIEWER_MAX_PIXELS")
@@ -197,7 +197,7 @@ def test_single_channel_tiff_is_grey(tmp_path):
     path = tmp_path / "grey.tif"
     tifffile.imwrite(path, RGB[..., 2])
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels, np.repeat(RGB[..., 2:3], 3, axis=2))
+    np.testing.assert_array_equal(result.read_all(), np.repeat(RGB[..., 2:3], 3, axis=2))
     assert any("grey" in note for note in result.notes)
 
 
@@ -205,12 +205,12 @@ def test_16bit_tiff_is_scaled_by_its_bit_depth(tmp_path):
     path = tmp_path / "u16.tif"
     tifffile.imwrite(path, RGB.astype(np.uint16) * 257, photometric="rgb")  # full 16-bit range
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels, RGB)
+    np.testing.assert_array_equal(result.read_all(), RGB)
     assert any("16-bit" in note for note in result.notes)
 
     path12 = tmp_path / "u12.tif"  # a 12-bit scanner: 0..4095 must not come out nearly black
     tifffile.imwrite(path12, (RGB.astype(np.uint16) << 4) | 0xF, photometric="rgb")
-    assert np.abs(opened(path12).pixels.astype(int) - RGB).max() <= 1
+    assert np.abs(opened(path12).read_all().astype(int) - RGB).max() <= 1
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_float_tiff(tmp_path, scale, note):
     result = opened(path)
     expected = RGB.copy()
     expected[0, 0], expected[0, 1] = 0, 255
-    assert np.abs(result.pixels.astype(int) - expected).max() <= 1
+    assert np.abs(result.read_all().astype(int) - expected).max() <= 1
     assert any(note in n for n in result.notes), result.notes
 
 
@@ -235,8 +235,8 @@ def test_rgba_tiff_is_composited_over_white(tmp_path):
     rgba[:, :10, 3] = 0
     tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=[2])
     result = opened(path)
-    assert (result.pixels[:, :10] == 255).all()
-    np.testing.assert_array_equal(result.pixels[:, 10:], RGB[:, 10:])
+    assert (result.read_all()[:, :10] == 255).all()
+    np.testing.assert_array_equal(result.read_all()[:, 10:], RGB[:, 10:])
 
 
 @pytest.mark.parametrize("pages", [2, 5])
@@ -245,7 +245,7 @@ def test_multipage_stack_shows_the_first_page_and_says_so(tmp_path, pages):
     stack = np.stack([np.roll(RGB, k, axis=1) for k in range(pages)])
     tifffile.imwrite(path, stack, photometric="rgb")
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels, stack[0])
+    np.testing.assert_array_equal(result.read_all(), stack[0])
     assert any(f"{pages} pages" in note and "first" in note for note in result.notes), result.notes
 
 
@@ -255,7 +255,7 @@ def test_separate_series_show_the_first_and_say_so(tmp_path):
         writer.write(RGB, photometric="rgb")
         writer.write(RGB[:40, :40, 0])
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels, RGB)
+    np.testing.assert_array_equal(result.read_all(), RGB)
     assert any("2 image series" in note for note in result.notes)
 
 
@@ -264,7 +264,7 @@ def test_grey_stack_first_page(tmp_path):
     stack = RNG.integers(0, 256, (4, 40, 50), dtype=np.uint8)
     tifffile.imwrite(path, stack, photometric="minisblack")
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels[..., 0], stack[0])
+    np.testing.assert_array_equal(result.read_all()[..., 0], stack[0])
 
 
 def test_to_rgb_uint8_refusals_and_notes():
@@ -586,7 +586,7 @@ def test_damaged_tags_become_a_note_not_stderr_output(tmp_path, capfd):
     path = tmp_path / "bad_tag.tif"
     path.write_bytes(bytes(data))
     result = opened(path)
-    np.testing.assert_array_equal(result.pixels, RGB)
+    np.testing.assert_array_equal(result.read_all(), RGB)
     assert any("damaged" in note for note in result.notes), result.notes
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""

@@ -38,7 +38,7 @@ def test_overlay_export_matches_the_cli(qtbot, make_window, dialogs_seen, export
     window.actions.export_legend.setChecked(False)
     plain = tmp_path / "plain.png"
     export_to(window, window.actions.export_overlay, plain)
-    assert np.array_equal(np.asarray(Image.open(plain)), window.opened.slide.pixels)
+    assert np.array_equal(np.asarray(Image.open(plain)), window.opened.slide.read_all())
 
 
 def test_overwrite_asks_first(qtbot, make_window, dialogs_seen, export_to, open_and_wait, small_image: Path, tmp_path: Path) -> None:

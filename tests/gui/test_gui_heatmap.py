@@ -35,7 +35,7 @@ def test_paints_progressively_from_the_visible_centre(qtbot, make_window, open_a
     rgba = window.heatmap_layer._rgba
     assert np.array_equal(rgba[..., 3] == 255, window.heatmap >= window.layers_panel.state.threshold)
     # the same numbers as the core engine
-    expected = compute_heatmap(window.opened.slide.pixels, window.model)
+    expected = compute_heatmap(window.opened.slide.read_all(), window.model)
     np.testing.assert_allclose(window.heatmap, expected, atol=1e-5)
     assert window.agreement_panel.table.rowCount() >= 1
     assert window.actions.export_heatmap.isEnabled()

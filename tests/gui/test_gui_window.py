@@ -83,7 +83,7 @@ def test_cursor_readout(qtbot, make_window, open_and_wait, run_heatmap, small_im
     open_and_wait(window, small_image)
     run_heatmap(window)
     window._show_cursor(19.5, 19.9)
-    pixel = window.opened.slide.pixels[19, 19]
+    pixel = window.opened.slide.read_all()[19, 19]
     assert window.status.position_label.text().split() == ["x", "19", "y", "19"]
     assert window.status.rgb_label.text().split()[1:] == [str(v) for v in pixel]
     # (19.5, 19.9) is in cell (0, 0), the 8 px square centred on (16, 16); 20.0 would be cell 1

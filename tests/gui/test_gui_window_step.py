@@ -54,7 +54,7 @@ def test_16_px_reruns_the_heatmap_and_every_reader_follows(qtbot, make_window, o
     assert _checked_steps(window) == [16] and window.window_step == window.heatmap_stride == 16
     shape = grid_shape(200, 160, 16)
     assert window.heatmap.shape == shape and window.heatmap_complete
-    expected = compute_heatmap(window.opened.slide.pixels, window.model, stride=16)
+    expected = compute_heatmap(window.opened.slide.read_all(), window.model, stride=16)
     np.testing.assert_allclose(window.heatmap, expected, atol=1e-5)
     # layer geometry: 16 px squares centred on the window centres
     rect = window.heatmap_layer.item.mapRectToParent(window.heatmap_layer.item.boundingRect())
@@ -122,7 +122,7 @@ def test_a_step_chosen_before_a_run_only_records_the_choice(qtbot, make_window, 
 
     run_heatmap(window)
     assert window.heatmap_stride == 4 and window.heatmap.shape == grid_shape(200, 160, 4)
-    np.testing.assert_allclose(window.heatmap, compute_heatmap(window.opened.slide.pixels, window.model, stride=4),
+    np.testing.assert_allclose(window.heatmap, compute_heatmap(window.opened.slide.read_all(), window.model, stride=4),
                                atol=1e-5)
 
 

@@ -128,11 +128,11 @@ def run(args) -> int:
 
         model = load_model(model_file(args.model))
         try:
-            heatmap, _ = compute_with_progress(slide.pixels, model, style.stride, quiet=args.quiet)
+            heatmap, _ = compute_with_progress(slide.read_all(), model, style.stride, quiet=args.quiet)
         except InputError as exc:
             raise InputError(str(exc), args.image) from exc
 
-    figure = compose(slide.pixels, heatmap, annotations, style)
+    figure = compose(slide.read_all(), heatmap, annotations, style)
     save_overlay(figure, out, force=args.force)
     layers = [name for name, on in (("heatmap", heatmap is not None), ("annotations", annotations is not None), ("legend", style.legend)) if on]
     print(f"wrote {out} ({figure.shape[1]}x{figure.shape[0]}; {' + '.join(['image', *layers])})")

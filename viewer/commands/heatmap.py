@@ -104,11 +104,11 @@ def run(args) -> int:
     slide = open_slide(args.image)
     model = load_model(path)
     try:
-        heatmap, method = compute_with_progress(slide.pixels, model, stride, quiet=args.quiet)
+        heatmap, method = compute_with_progress(slide.read_all(), model, stride, quiet=args.quiet)
     except InputError as exc:  # e.g. an image smaller than one window
         raise InputError(str(exc), args.image) from exc
     array_path, side = save_heatmap(
-        heatmap, out, stride=stride, image_shape=slide.pixels.shape, model_path=path,
+        heatmap, out, stride=stride, image_shape=(slide.height, slide.width), model_path=path,
         fmt=args.fmt, force=args.force, image_path=slide.path, method=method,
     )
     rows, cols = heatmap.shape

@@ -39,7 +39,7 @@ class Document:
 def read_image(path: str | Path, annotations_path: str | Path | None = None) -> OpenedImage:
     """Open ``path`` and its annotations (``annotations_path`` or the BreCaHAD ground truth)."""
     slide = open_slide(path)
-    pyramid = build_pyramid(slide.pixels)
+    pyramid = build_pyramid(slide.read_all())
     source = Path(annotations_path) if annotations_path is not None else find_annotations_for(slide.path)
     annotations, problem = None, None
     if source is not None:

@@ -64,7 +64,7 @@ class ExportController(QObject):
         style = self._layers_panel.state.overlay_style(classes, heatmaps.stride, self._legend.isChecked())
         # Snapshot the heatmap: tiles may still be arriving while the export runs.
         heatmap = None if heatmaps.heatmap is None else heatmaps.heatmap.copy()
-        self._run(write_overlay, self._document.opened.slide.pixels, heatmap, annotations, style, *target)
+        self._run(write_overlay, self._document.opened.slide.read_all(), heatmap, annotations, style, *target)
 
     def export_heatmap(self) -> None:
         heatmaps, opened = self._heatmaps, self._document.opened

@@ -266,7 +266,7 @@ class MainWindow(QMainWindow):
         if not (0 <= col < slide.width and 0 <= row < slide.height):
             self.status.clear_cursor()
             return
-        rgb = tuple(int(v) for v in slide.pixels[row, col])
+        rgb = tuple(int(v) for v in slide.read_region(0, col, row, 1, 1)[0, 0])
         heatmap, probability = self.heatmap_controller.heatmap, None
         if heatmap is not None:
             cell = pixel_to_cell(x, y, heatmap.shape, self.heatmap_controller.stride)

@@ -236,7 +236,7 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator
     from viewer.heatmap import iter_heatmap_tiles
 
     tiles = iter_heatmap_tiles(
-        request.slide.pixels, request.model, stride=request.stride, order_from=request.order_from
+        request.slide.read_all(), request.model, stride=request.stride, order_from=request.order_from
     )
     try:
         for tile in tiles:

@@ -1,4 +1,4 @@
-"""Open an image file as an RGB uint8 array: all format checks live here.
+"""Decode a whole image file into an RGB uint8 array: the plain reader's format checks.
 
 BreCaHAD ships uncompressed TIFF; derivatives ship deflate/LZW/JPEG-compressed TIFF, BigTIFF,
 or plain JPEG/PNG. Everything is converted to one representation, a C-contiguous (H, W, 3)
@@ -15,7 +15,6 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,29 +34,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".jpg", ".jpeg", ".png")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True, eq=False)
-class Slide:
-    """An opened image: pixels plus where they came from and what was done to them."""
-
-    pixels: np.ndarray
-    """(height, width, 3) uint8, C-contiguous, read-only."""
-    path: Path
-    notes: tuple[str, ...] = field(default=())
-    """Human-readable remarks about the conversion (e.g. 'first of 5 pages shown')."""
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
 
 
 MAX_TIFF_PAGES = 100_000
@@ -97,10 +73,11 @@ def max_pixels_setting() -> int:
     return value
 
 
-def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
-    """Open a TIFF, JPEG or PNG file as a :class:`Slide`.
+def decode_image(path: str | Path, *, max_pixels: int | None = None, head: bytes | None = None) -> tuple[np.ndarray, list[str]]:
+    """Decode a whole TIFF, JPEG or PNG file into ``(pixels, notes)``: (H, W, 3) uint8, read-only.
 
-    Raises :class:`ImageError` with a one-line message for anything that cannot be shown.
+    The plain reader for images that fit in memory. Raises :class:`ImageError` with a one-line
+    message for anything that cannot be shown.
     """
     path = Path(path)
     if max_pixels is None:
@@ -109,7 +86,7 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
         limit = int(max_pixels)
         if limit <= 0:
             raise ValueError(f"max_pixels must be positive, not {max_pixels!r}")
-    head = _read_head(path)
+    head = read_head(path) if head is None else head
     notes: list[str] = []
     try:
         if head.startswith(_TIFF_MAGIC):
@@ -140,10 +117,11 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None) -> Slide:
         )
     rgb = np.ascontiguousarray(rgb)
     rgb.setflags(write=False)
-    return Slide(pixels=rgb, path=path, notes=tuple(notes))
+    return rgb, notes
 
 
-def _read_head(path: Path) -> bytes:
+def read_head(path: Path) -> bytes:
+    """The first 16 bytes of a readable regular file (ImageError for anything else)."""
     st = stat_input_file(path, ImageError, "an image file")
     if st.st_size == 0:
         raise ImageError("is empty (0 bytes)", path)
