@@ -145,6 +145,70 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+METADATA_MEMBER = "histoviewer.json"
+"""Extra member of a ``.keras`` zip holding what HistoViewer records about a model (Keras
+ignores members it does not know): at least ``resolution`` ``{"mpp", "objective_power"}``."""
+
+BRECAHAD_RESOLUTION = {"mpp": 0.25, "objective_power": 40}
+"""The resolution of models trained on BreCaHAD: 40x, taken as 0.25 µm per pixel.
+
+BreCaHAD states the 40x objective but no pixel size. 0.25 µm/px is what "40x" means for slide
+scanners (Aperio 0.252, Hamamatsu 0.227-0.25, Leica 0.26), and it fits the data: tumour nuclei of
+8-12 µm are 32-48 px across at 0.25, and the dataset's tumour disks have a 20 px radius (40 px,
+10 µm). The model card gives this reasoning; ``--mpp`` overrides it per slide."""
+
+
+def read_model_metadata(path: str | Path) -> dict:
+    """HistoViewer's record inside a ``.keras`` file (``{}`` when there is none or for ``.h5``)."""
+    import json
+
+    path = Path(path)
+    if path.suffix.lower() != ".keras":
+        return {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_MEMBER not in archive.namelist():
+                return {}
+            data = json.loads(archive.read(METADATA_MEMBER).decode("utf-8"))
+    except (OSError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"has an unreadable {METADATA_MEMBER} record ({type(exc).__name__})", path) from None
+    return data if isinstance(data, dict) else {}
+
+
+def write_model_metadata(path: str | Path, data: dict) -> None:
+    """Add or replace HistoViewer's record in a ``.keras`` file, atomically (copy + rename)."""
+    import json
+
+    from viewer.atomic import atomic_output
+
+    path = Path(path)
+    with atomic_output(path, force=True, suffix=".keras") as tmp:
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w") as target:
+            for item in source.infolist():
+                if item.filename != METADATA_MEMBER:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def append_model_metadata(path: str | Path, data: dict) -> None:
+    """Add HistoViewer's record to a ``.keras`` file that has none yet and is not yet published
+    (the temporary file of an atomic save)."""
+    import json
+
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def model_mpp(path: str | Path) -> float | None:
+    """The pixel size (µm) a model expects, from its record; ``None`` when it records none."""
+    resolution = read_model_metadata(path).get("resolution") or {}
+    try:
+        mpp = float(resolution.get("mpp"))
+    except (TypeError, ValueError):
+        return None
+    return mpp if 0 < mpp < 100 else None
+
+
 def load_model(path: str | Path | None = None) -> keras.Model:
     """Load a saved Keras model; ``None`` loads the bundled one.
 

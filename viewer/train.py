@@ -308,7 +308,7 @@ def run_training(
     from viewer.atomic import atomic_output, check_writable
     from viewer.evaluate import evaluate_images, predict_patches
     from viewer.metrics import binary_metrics
-    from viewer.model import file_sha256, import_keras
+    from viewer.model import BRECAHAD_RESOLUTION, append_model_metadata, file_sha256, import_keras
 
     out = Path(out)
     if out.suffix.lower() != ".keras":
@@ -350,6 +350,8 @@ def run_training(
 
     with atomic_output(out, force=force, suffix=".keras") as tmp:
         model.save(tmp)
+        # The resolution the model was trained at travels inside the file (see viewer.model).
+        append_model_metadata(tmp, {"resolution": dict(BRECAHAD_RESOLUTION)})
     keras = import_keras()
     import tensorflow as tf
 

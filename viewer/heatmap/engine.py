@@ -45,6 +45,8 @@ from viewer.errors import InputError, OutputError
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+    from viewer.heatmap.analysis import AnalysisImage
+
 WINDOW_CENTRE_OFFSET = PATCH_SIZE // 2
 """Offset from a window's top-left pixel to its centre, in pixels (16)."""
 
@@ -515,36 +517,49 @@ _STATS = {"tiles": 0, "calls": 0}
 """Counters for tests: tiles evaluated and traced-function calls made (all threads)."""
 
 
+class _ArrayPixels:
+    """An in-RAM image behind the same ``block(x, y, w, h)`` call as a slide's analysis image.
+
+    Blocks inside the image are views (no copy); blocks reaching past the bottom/right edge are
+    zero-padded copies. Padded pixels only feed windows outside the heatmap, which are dropped.
+    """
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.height, self.width = image.shape[:2]
+
+    def block(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if x + w <= self.width and y + h <= self.height:
+            return self.image[y : y + h, x : x + w]
+        out = np.zeros((h, w, 3), dtype=np.uint8)
+        part = self.image[y : y + h, x : x + w]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+
 class _ExactEvaluator:
-    def __init__(self, engines: _ModelEngines, image: np.ndarray, plan: HeatmapPlan) -> None:
+    def __init__(self, engines: _ModelEngines, pixels, plan: HeatmapPlan) -> None:
         s = plan.stride
         self.stride = s
-        self.tile_rows, self.tile_cols = plan.tile_rows, plan.tile_cols
-        self.in_h = (self.tile_rows - 1) * s + PATCH_SIZE
-        self.in_w = (self.tile_cols - 1) * s + PATCH_SIZE
-        # Pad bottom/right so every tile reads a full block of one fixed shape (oneDNN then reuses
-        # its kernels for every tile). Padded windows only feed cells outside the heatmap, dropped.
-        need_h = max((rs.start for rs, _ in plan.tiles), default=0) * s + self.in_h
-        need_w = max((cs.start for _, cs in plan.tiles), default=0) * s + self.in_w
-        if need_h > image.shape[0] or need_w > image.shape[1]:
-            padded = np.zeros((max(need_h, image.shape[0]), max(need_w, image.shape[1]), 3), dtype=np.uint8)
-            padded[: image.shape[0], : image.shape[1]] = image
-            image = padded
-        self.image = image
+        # Every tile reads a block of one fixed shape (edge tiles padded), so oneDNN reuses its
+        # kernels for every tile. Padded windows only feed cells outside the heatmap, dropped.
+        self.in_h = (plan.tile_rows - 1) * s + PATCH_SIZE
+        self.in_w = (plan.tile_cols - 1) * s + PATCH_SIZE
+        self.pixels = pixels
         self.fn = _exact_function(engines, s)
 
     def __call__(self, rows: slice, cols: slice) -> np.ndarray:
         y0, x0 = rows.start * self.stride, cols.start * self.stride
-        block = self.image[None, y0 : y0 + self.in_h, x0 : x0 + self.in_w]
+        block = self.pixels.block(x0, y0, self.in_w, self.in_h)[None]
         _STATS["calls"] += 1
         out = self.fn(block).numpy()
         return np.ascontiguousarray(out[: rows.stop - rows.start, : cols.stop - cols.start], dtype=np.float32)
 
 
 class _WindowEvaluator:
-    def __init__(self, engines: _ModelEngines, model, image: np.ndarray, plan: HeatmapPlan) -> None:
+    def __init__(self, engines: _ModelEngines, model, pixels, plan: HeatmapPlan) -> None:
         self.stride = plan.stride
-        self.image = image
+        self.pixels = pixels
         self.fn = _windows_function(engines, model)
         self.batch = np.zeros((_WINDOW_BATCH, PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8)
 
@@ -552,7 +567,7 @@ class _WindowEvaluator:
         s = self.stride
         n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
         y0, x0 = rows.start * s, cols.start * s
-        region = self.image[y0 : y0 + (n_r - 1) * s + PATCH_SIZE, x0 : x0 + (n_c - 1) * s + PATCH_SIZE]
+        region = self.pixels.block(x0, y0, (n_c - 1) * s + PATCH_SIZE, (n_r - 1) * s + PATCH_SIZE)
         windows = np.lib.stride_tricks.sliding_window_view(region, (PATCH_SIZE, PATCH_SIZE, 3))[::s, ::s, 0]
         windows = windows.reshape(n_r * n_c, PATCH_SIZE, PATCH_SIZE, 3)
         out = np.empty(n_r * n_c, dtype=np.float32)
@@ -569,7 +584,15 @@ class _WindowEvaluator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def _check_image(image):
+    """An (H, W, 3) uint8 array, or an object with ``height``, ``width`` and ``block(x, y, w, h)``
+    such as :class:`viewer.heatmap.analysis.AnalysisImage` (a slide region read on demand)."""
+    if hasattr(image, "block"):
+        if image.height < PATCH_SIZE or image.width < PATCH_SIZE:
+            raise InputError(
+                f"image is {image.width}x{image.height} px; the heatmap needs at least {PATCH_SIZE}x{PATCH_SIZE} px"
+            )
+        return image
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an (H, W, 3) RGB array, got shape {image.shape}")
@@ -583,7 +606,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def iter_heatmap_tiles(
-    image: np.ndarray,
+    image: np.ndarray | AnalysisImage,
     model: keras.Model,
     stride: int = DEFAULT_STRIDE,
     *,
@@ -594,7 +617,9 @@ def iter_heatmap_tiles(
 ) -> Iterator[HeatmapTile]:
     """Compute a heatmap tile by tile: yields :class:`HeatmapTile` ``(rows, cols, probabilities)``.
 
-    ``image``: (H, W, 3) uint8 (scaled to [0, 1] inside). ``model``: maps 32x32x3 float windows
+    ``image``: (H, W, 3) uint8 (scaled to [0, 1] inside), or an
+    :class:`~viewer.heatmap.analysis.AnalysisImage` that reads each tile plus its halo from a
+    slide on demand (never the whole slide). ``model``: maps 32x32x3 float windows
     to one probability. Tiles come in the order of ``plan`` (default
     ``plan_heatmap(H, W, stride, tile_cells=..., order_from=...)``, so ``len()`` of that plan is
     the number of tiles): outward from the image pixel ``order_from`` if given, else raster.
@@ -609,9 +634,10 @@ def iter_heatmap_tiles(
     stride = _check_stride(stride)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    pixels = image if hasattr(image, "block") else _ArrayPixels(image)
     if plan is None:
-        plan = plan_heatmap(image.shape[0], image.shape[1], stride, tile_cells=tile_cells, order_from=order_from)
-    elif (plan.height, plan.width, plan.stride) != (image.shape[0], image.shape[1], stride):
+        plan = plan_heatmap(pixels.height, pixels.width, stride, tile_cells=tile_cells, order_from=order_from)
+    elif (plan.height, plan.width, plan.stride) != (pixels.height, pixels.width, stride):
         raise ValueError("plan was made for a different image size or stride")
     engines = _engines_for(model)
     exact_ok = engines.spec is not None and stride % engines.spec.downsample == 0
@@ -619,13 +645,13 @@ def iter_heatmap_tiles(
         why = engines.reason or f"stride {stride} is not a multiple of {engines.spec.downsample}"
         raise ValueError(f"the fully convolutional pass cannot evaluate this model: {why}")
     use_exact = exact_ok and method != METHOD_WINDOWS
-    return _generate(engines, model, image, plan, use_exact)
+    return _generate(engines, model, pixels, plan, use_exact)
 
 
-def _generate(engines, model, image, plan, use_exact) -> Iterator[HeatmapTile]:
+def _generate(engines, model, pixels, plan, use_exact) -> Iterator[HeatmapTile]:
     if not plan.tiles:
         return
-    evaluate = _ExactEvaluator(engines, image, plan) if use_exact else _WindowEvaluator(engines, model, image, plan)
+    evaluate = _ExactEvaluator(engines, pixels, plan) if use_exact else _WindowEvaluator(engines, model, pixels, plan)
     for rows, cols in plan.tiles:
         probabilities = evaluate(rows, cols)
         _STATS["tiles"] += 1
