@@ -200,7 +200,9 @@ def append_model_metadata(path: str | Path, data: dict) -> None:
 
 
 def model_mpp(path: str | Path) -> float | None:
-    """The pixel size (µm) a model expects, from its record; ``None`` when it records none."""
+    """The pixel size (µm) a model expects, from its record; ``None`` when it records none.
+    Refuses files that are not models (one line), like :func:`load_model`."""
+    _check_model_file(Path(path), False)
     resolution = read_model_metadata(path).get("resolution") or {}
     try:
         mpp = float(resolution.get("mpp"))

@@ -12,32 +12,74 @@ from viewer import DEFAULT_STRIDE
 from viewer.errors import InputError
 
 DESCRIPTION = """\
-Compute the ConvNet's tumour-probability heatmap of one image and write it as a float32 array
-(.npy, or a single-channel float32 TIFF) plus OUT.json beside it.
+Compute the ConvNet's tumour-probability heatmap of an image or a whole-slide image.
 
-Cell (r, c) is P(tumour) of the 32x32 window whose top-left pixel is (stride*c, stride*r); it
-belongs to the window centre (stride*c + 16, stride*r + 16). For an HxW image the array has
-shape ((H - 32)//stride + 1, (W - 32)//stride + 1). The sidecar records this geometry, the image
-size, the SHA-256 of the model file and the program version.
+OUT.zarr: a chunked zarr store (arrays probability, done, tissue, overview_mean, overview_max;
+attributes patch, stride, scale, origin, model_sha256, version). Written chunk by chunk and
+crash-safe: run the same command again after an interruption and it continues where it stopped.
+OUT.npy / OUT.tif: one float32 array plus OUT.json, for images and regions that fit in memory.
+
+Cell (r, c) is P(tumour) of the 32x32 window whose top-left pixel is (stride*c, stride*r) in
+analysis pixels; it belongs to the window centre (stride*c + 16, stride*r + 16). Analysis pixels
+map to level-0 pixels by  level0 = origin + scale * analysis;  scale is 1 unless the slide's
+pixel size (mpp) differs from the model's (the bundled model: 0.25 um/px, 40x). Cells outside
+the tissue are NaN (not computed). Tissue detection is on for whole-slide images and off for
+single microscope fields such as BreCaHAD images; --tissue-mask / --no-tissue-mask choose.
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "heatmap",
-        help="write the tumour-probability heatmap of an image (.npy/.tif + JSON sidecar)",
+        help="write the tumour-probability heatmap of an image or slide (.zarr store, or .npy/.tif + JSON)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", metavar="IMAGE", help="image file (TIFF, JPEG or PNG)")
-    parser.add_argument("--out", required=True, metavar="OUT.npy", help="output heatmap file (.npy, .tif or .tiff)")
-    parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help=f"step between windows in pixels (default {DEFAULT_STRIDE})")
+    parser.add_argument("image", metavar="SLIDE", help="image or whole-slide file (TIFF, SVS, NDPI, MRXS, JPEG, PNG, ...)")
+    parser.add_argument("--out", required=True, metavar="OUT.zarr", help="output: a .zarr store, or a .npy/.tif array")
+    add_analysis_options(parser)
     parser.add_argument("--model", default=None, metavar="MODEL.keras", help="model to use (default: the bundled model)")
     parser.add_argument("--format", choices=("npy", "tiff"), default=None, dest="fmt",
-                        help="output format (default: from the --out suffix)")
+                        help="array output format (default: from the --out suffix)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT and its sidecar if they exist")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite OUT (an existing .zarr store is otherwise resumed)")
     parser.set_defaults(func=run)
+
+
+def add_analysis_options(parser) -> None:
+    """Options shared by every command that computes a heatmap (same defaults as the GUI)."""
+    parser.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help=f"step between windows in analysis pixels (default {DEFAULT_STRIDE})")
+    parser.add_argument("--region", default=None, metavar="X,Y,W,H", help="analyse only this rectangle, in level-0 pixels")
+    parser.add_argument("--mpp", type=float, default=None, metavar="M",
+                        help="the slide's pixel size in um, overriding (or supplying) what the file records")
+    tissue = parser.add_mutually_exclusive_group()
+    tissue.add_argument("--no-tissue-mask", dest="tissue_mask", action="store_false", default=None,
+                        help="evaluate every window, glass included")
+    tissue.add_argument("--tissue-mask", dest="tissue_mask", action="store_true",
+                        help="evaluate only windows that are mostly tissue, even on a small image")
+
+
+def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    """``"X,Y,W,H"`` -> ints (exit 2 with one line if malformed)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[2] <= 0 or values[3] <= 0 or values[0] < 0 or values[1] < 0:
+        raise InputError(f"--region must be X,Y,W,H in level-0 pixels with W, H > 0 (got {text!r})")
+    return values  # type: ignore[return-value]
+
+
+def analysis_options(args):
+    from viewer.heatmap.slide_run import SlideHeatmapOptions
+
+    return SlideHeatmapOptions(
+        stride=check_stride(args.stride), mpp=args.mpp, region=parse_region(args.region), tissue_mask=args.tissue_mask,
+    )
 
 
 def check_stride(stride: int) -> int:
@@ -92,25 +134,84 @@ def compute_with_progress(pixels, model, stride: int, *, quiet: bool, label: str
     return out, heatmap_method(model, stride)
 
 
+def is_store_path(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr"
+
+
+def run_plan_with_progress(plan, model, *, store=None, quiet: bool, label: str = "heatmap"):
+    """Drain the slide engine with a progress line; into ``store`` if given, else into an array."""
+    from viewer.heatmap.slide_run import MAX_ARRAY_CELLS, chunks_in_order, iter_slide_heatmap, run_to_store
+    from viewer.progress import Progress
+
+    counts = plan.chunk_tissue_cells
+    if store is not None:
+        done = store.done_mask()
+        todo = int(counts[~done].sum())
+        progress = Progress(label, todo, unit_px=plan.cell_area_px, quiet=quiet or todo == 0)
+        for (i, j), _tile in run_to_store(plan, model, store):
+            progress.advance(int(counts[i, j]))
+        progress.finish(f"{plan.tissue_cells} cells evaluated" if todo else "")
+        return None
+    rows, cols = plan.shape
+    if rows * cols > MAX_ARRAY_CELLS:
+        raise InputError(
+            f"the heatmap would have {rows}x{cols} cells, too many for one array; write a .zarr store, or use --region"
+        )
+    import numpy as np
+
+    out = np.full((rows, cols), np.nan, dtype=np.float32)
+    progress = Progress(label, plan.tissue_cells, unit_px=plan.cell_area_px, quiet=quiet or len(counts.flat) <= 1)
+    for (i, j), tile in iter_slide_heatmap(plan, model, chunks_in_order(plan)):
+        out[tile.rows, tile.cols] = tile.probabilities
+        progress.advance(int(counts[i, j]))
+    progress.finish()
+    return out
+
+
 def run(args) -> int:
-    from viewer.heatmap import check_heatmap_output, save_heatmap
+    from viewer.heatmap import check_heatmap_output, heatmap_method, save_heatmap
+    from viewer.heatmap.slide_run import open_store_for, plan_slide_heatmap
     from viewer.model import load_model
     from viewer.slide import open_slide
 
-    stride = check_stride(args.stride)
+    options = analysis_options(args)
     out = Path(args.out)
-    check_heatmap_output(out, args.fmt, force=args.force)  # before any long work
+    store_output = is_store_path(out)
+    if store_output:
+        if args.fmt is not None:
+            raise InputError("--format applies to .npy/.tif outputs, not to a .zarr store", out)
+    else:
+        check_heatmap_output(out, args.fmt, force=args.force)  # before any long work
     path = model_file(args.model)
     slide = open_slide(args.image)
-    model = load_model(path)
     try:
-        heatmap, method = compute_with_progress(slide.read_all(), model, stride, quiet=args.quiet)
-    except InputError as exc:  # e.g. an image smaller than one window
+        plan = plan_slide_heatmap(slide, path, options)
+    except InputError as exc:
+        if exc.path is not None:
+            raise
         raise InputError(str(exc), args.image) from exc
-    array_path, side = save_heatmap(
-        heatmap, out, stride=stride, image_shape=(slide.height, slide.width), model_path=path,
-        fmt=args.fmt, force=args.force, image_path=slide.path, method=method,
-    )
-    rows, cols = heatmap.shape
-    print(f"wrote {array_path} ({rows}x{cols} float32, stride {stride}) and {side}")
+    model = load_model(path)
+    notes = list(plan.notes)
+    if plan.tissue is not None:
+        notes.append(f"tissue: {100 * plan.tissue.fraction:.1f}% of the slide; {plan.tissue_cells} of "
+                     f"{plan.shape[0] * plan.shape[1]} cells to evaluate")
+    rows, cols = plan.shape
+    if store_output:
+        store, resumed = open_store_for(plan, out, force=args.force)
+        if resumed and not args.quiet:
+            done, total = store.progress()
+            print(f"resuming {out}: {done} of {total} chunks already done", file=sys.stderr)
+        run_plan_with_progress(plan, model, store=store, quiet=args.quiet)
+        print(f"wrote {out} ({rows}x{cols} cells, stride {plan.stride}, scale {plan.grid.scale:g})")
+    else:
+        heatmap = run_plan_with_progress(plan, model, quiet=args.quiet)
+        array_path, side = save_heatmap(
+            heatmap, out, stride=plan.stride, image_shape=(plan.grid.height, plan.grid.width), model_path=path,
+            fmt=args.fmt, force=args.force, image_path=slide.path, method=heatmap_method(model, plan.stride),
+            analysis=plan.grid.as_attrs(),
+        )
+        print(f"wrote {array_path} ({rows}x{cols} float32, stride {plan.stride}) and {side}")
+    if not args.quiet:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     return 0

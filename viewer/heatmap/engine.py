@@ -762,8 +762,13 @@ def heatmap_metadata(
     image_path: str | Path | None = None,
     method: str | None = None,
     heatmap_file: str | None = None,
+    analysis: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sidecar contents: geometry, model checksum, program version."""
+    """The sidecar contents: geometry, model checksum, program version.
+
+    ``image_shape`` is the analysed image (analysis pixels). ``analysis``: for slides, where that
+    image lies on level 0 (``scale``, ``origin``, ...: :meth:`AnalysisGrid.as_attrs`); without it
+    the scale is 1 and the origin (0, 0)."""
     from viewer.model import file_sha256
 
     stride = _check_stride(stride)
@@ -797,6 +802,7 @@ def heatmap_metadata(
             "file": None if model_path is None else Path(model_path).name,
             "sha256": None if model_path is None else file_sha256(model_path),
         },
+        "analysis": analysis if analysis is not None else {"scale": 1.0, "origin": [0, 0]},
         "method": method,
         "program": "histoviewer",
         "program_version": __version__,
@@ -817,6 +823,7 @@ def save_heatmap(
     force: bool = False,
     image_path: str | Path | None = None,
     method: str | None = None,
+    analysis: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write a heatmap (float32 .npy or single-channel float32 TIFF) and its JSON sidecar.
 
@@ -839,7 +846,7 @@ def save_heatmap(
     array_path, side = check_heatmap_output(path, fmt, force=force)
     meta = heatmap_metadata(
         heatmap, stride=stride, image_shape=image_shape, model_path=model_path,
-        image_path=image_path, method=method, heatmap_file=path.name,
+        image_path=image_path, method=method, heatmap_file=path.name, analysis=analysis,
     )
     text = json.dumps(meta, indent=2) + "\n"
     with atomic_output(array_path, force=force) as tmp_array:
