@@ -143,13 +143,11 @@ def slide_fingerprint(slide: SlideSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def plan_slide_heatmap(
-    slide: SlideSource,
-    model_path: str | Path | None,
-    options: SlideHeatmapOptions = SlideHeatmapOptions(),
-) -> SlideHeatmapPlan:
-    """Settle the analysis of ``slide`` (cheap: reads the model's record and a low level only)."""
-    from viewer.model import file_sha256, model_mpp
+def analysis_grid_for(
+    slide: SlideSource, model_path: str | Path | None, options: SlideHeatmapOptions = SlideHeatmapOptions(),
+) -> tuple[AnalysisGrid, list[str]]:
+    """The analysis grid alone (no pixels read): scale from the pixel sizes, then the region."""
+    from viewer.model import model_mpp
 
     notes: list[str] = []
     if options.mpp is not None:
@@ -163,7 +161,18 @@ def plan_slide_heatmap(
     scale, mpp = analysis_scale(slide_mpp, model_mpp(model_path) if model_path else None, notes)
     if not is_whole_slide(slide) and slide.mpp is None and options.mpp is None:
         notes.clear()  # a plain microscope field at scale 1 is the normal case, not news
-    grid = region_grid(slide, options.region, scale, options.stride, mpp)
+    return region_grid(slide, options.region, scale, options.stride, mpp), notes
+
+
+def plan_slide_heatmap(
+    slide: SlideSource,
+    model_path: str | Path | None,
+    options: SlideHeatmapOptions = SlideHeatmapOptions(),
+) -> SlideHeatmapPlan:
+    """Settle the analysis of ``slide`` (reads the model's record and one low level only)."""
+    from viewer.model import file_sha256
+
+    grid, notes = analysis_grid_for(slide, model_path, options)
     use_tissue = is_whole_slide(slide) if options.tissue_mask is None else bool(options.tissue_mask)
     tissue = None
     if use_tissue:
@@ -265,9 +274,8 @@ def run_to_store(
         store.write_tissue_chunk(i, j, plan.evaluated_cells(tile.rows, tile.cols))
         store.write_chunk(i, j, tile.probabilities)
         yield (i, j), tile
-    if chunks is None or store.done_mask().all():
-        if store.done_mask().all():
-            store.mark_complete()
+    if store.done_mask().all():
+        store.mark_complete()
 
 
 def compute_slide_array(plan: SlideHeatmapPlan, model, *, tiles_out: list | None = None) -> np.ndarray:
