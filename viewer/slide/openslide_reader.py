@@ -101,12 +101,9 @@ class OpenSlideSlide(SlideSource):
             raise ImageError(f"cannot be opened by OpenSlide ({_describe(exc)})", path) from None
         try:
             return cls(path, slide)
-        except ImageError:
-            slide.close()
-            raise
         except Exception as exc:
             slide.close()
-            if isinstance(exc, MemoryError):
+            if isinstance(exc, (ImageError, MemoryError)):
                 raise
             raise ImageError(f"cannot be opened by OpenSlide ({_describe(exc)})", path) from None
 
