@@ -206,15 +206,29 @@ SEEDS = {
 
 
 def open_or_refuse(path: Path) -> None:
+    """Open and decode the whole image, or refuse with one line naming the file. TIFFs are read
+    lazily, so a damaged tile may only be found by ``read_all``: that is a refusal too."""
     try:
         result = open_slide(path, max_pixels=1_000_000)
     except ImageError as exc:
-        text = str(exc)
-        assert "\n" not in text and str(path) in text, text
+        assert_refusal(exc, path)
         return
     assert isinstance(result, Slide)
-    assert result.read_all().dtype == np.uint8 and result.read_all().ndim == 3 and result.read_all().shape[2] == 3
+    try:
+        pixels = result.read_all()
+    except ImageError as exc:
+        assert_refusal(exc, path)
+        return
+    finally:
+        result.close()
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+    assert pixels.shape[:2] == (result.height, result.width)
     assert result.width >= 32 and result.height >= 32
+
+
+def assert_refusal(exc: ImageError, path: Path) -> None:
+    text = str(exc)
+    assert "\n" not in text and str(path) in text, text
 
 
 def test_seeds_are_valid(tmp_path):

@@ -367,8 +367,9 @@ def test_corrupt_compressed_strip_is_refused(tmp_path, compression):
         data[offset + k] ^= 0xFF
     path = tmp_path / "corrupt.tif"
     path.write_bytes(bytes(data))
+    # TIFFs are read lazily: the header opens, decoding the damaged strip fails.
     with pytest.raises(ImageError) as info:
-        open_slide(path)
+        open_slide(path).read_all()
     assert_one_line(info, path, "corrupt")
 
 
@@ -505,17 +506,23 @@ def crafted_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+# TIFFs are read by regions, so their size alone is no reason to refuse; a 230-byte file that
+# declares 10^10 uncompressed pixels is refused as truncated. PNGs are decoded whole: the limit.
+_TIFF_WORDS = ("100000x100000", "truncated")
+_PNG_WORDS = ("above the limit", "HISTOVIEWER_MAX_PIXELS")
+
+
 @pytest.mark.parametrize(
-    ("name", "data"),
+    ("name", "data", "words"),
     [
-        ("huge_le.tif", crafted_tiff(100_000, 100_000)),
-        ("huge_be.tif", crafted_tiff(100_000, 100_000, big_endian=True)),
-        ("huge_rgb.tif", crafted_tiff(100_000, 100_000, samples=3)),
-        ("huge.png", crafted_png(100_000, 100_000)),
-        ("wide.png", crafted_png(2**31 - 1, 2)),
+        ("huge_le.tif", crafted_tiff(100_000, 100_000), _TIFF_WORDS),
+        ("huge_be.tif", crafted_tiff(100_000, 100_000, big_endian=True), _TIFF_WORDS),
+        ("huge_rgb.tif", crafted_tiff(100_000, 100_000, samples=3), _TIFF_WORDS),
+        ("huge.png", crafted_png(100_000, 100_000), _PNG_WORDS),
+        ("wide.png", crafted_png(2**31 - 1, 2), _PNG_WORDS),
     ],
 )
-def test_enormous_declared_dimensions_are_refused_before_allocating(tmp_path, name, data):
+def test_enormous_declared_dimensions_are_refused_before_allocating(tmp_path, name, data, words):
     path = tmp_path / name
     path.write_bytes(data)
     tracemalloc.start()
@@ -525,7 +532,7 @@ def test_enormous_declared_dimensions_are_refused_before_allocating(tmp_path, na
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert_one_line(info, path, "above the limit", "HISTOVIEWER_MAX_PIXELS")
+    assert_one_line(info, path, *words)
     assert peak < 20_000_000, f"allocated {peak} bytes before refusing"
 
 
@@ -538,8 +545,9 @@ def test_absurd_samples_per_pixel_refused_from_the_header(tmp_path):
 
 
 def test_pixel_limit_argument(tmp_path):
+    # One compressed strip holding the whole image has to be decoded whole: limited when opened.
     path = tmp_path / "image.tif"
-    tifffile.imwrite(path, RGB, photometric="rgb")
+    tifffile.imwrite(path, RGB, photometric="rgb", compression="zlib", rowsperstrip=64)
     assert opened(path, max_pixels=80 * 64).width == 80
     with pytest.raises(ImageError) as info:
         open_slide(path, max_pixels=80 * 64 - 1)
@@ -547,6 +555,14 @@ def test_pixel_limit_argument(tmp_path):
     assert "0 megapixels" not in text  # used to say 'above the limit of 0 megapixels'
     with pytest.raises(ValueError):
         open_slide(path, max_pixels=0)
+    # Uncompressed pixels are read by rows: the image opens, loading it whole keeps to the limit.
+    rows = tmp_path / "rows.tif"
+    tifffile.imwrite(rows, RGB, photometric="rgb")
+    slide = open_slide(rows, max_pixels=80 * 64 - 1)
+    np.testing.assert_array_equal(slide.read_region(0, 0, 10, 80, 30), RGB[10:40])
+    with pytest.raises(ImageError) as info:
+        slide.read_all()
+    assert_one_line(info, rows, "80x64", "too large to load whole", "limit 5119")
 
 
 def test_pixel_limit_environment_variable(tmp_path, monkeypatch):

@@ -9,12 +9,14 @@ uint8 array, because that is what the display (pyqtgraph's fast path), the ConvN
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -226,17 +228,24 @@ _TIFF_LOG = _LogCollector()
 logging.getLogger("tifffile").addHandler(_TIFF_LOG)
 
 
-def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
+@contextlib.contextmanager
+def collect_tiff_log(notes: list[str]) -> Iterator[None]:
+    """Collect what tifffile logs in this thread while the block runs; summarise it in ``notes``."""
     records = _TIFF_LOG.start()
     try:
-        data, axes = _read_tiff_first_plane(path, limit, notes)
+        yield
     finally:
         _TIFF_LOG.stop()
-    if records:
-        notes.append(
-            f"the file has {len(records)} damaged or unusual TIFF tag(s) that were ignored "
-            f"(first: {_one_line(records[0])})"
-        )
+        if records:
+            notes.append(
+                f"the file has {len(records)} damaged or unusual TIFF tag(s) that were ignored "
+                f"(first: {_one_line(records[0])})"
+            )
+
+
+def _read_tiff(path: Path, limit: int, notes: list[str]) -> np.ndarray:
+    with collect_tiff_log(notes):
+        data, axes = _read_tiff_first_plane(path, limit, notes)
     return _first_plane(data, axes, notes)
 
 
