@@ -82,6 +82,8 @@ def test_cursor_readout(qtbot, make_window, open_and_wait, run_heatmap, small_im
     window = make_window()
     open_and_wait(window, small_image)
     run_heatmap(window)
+    # The readout takes colours from decoded tiles only (it never decodes on the main thread).
+    qtbot.waitUntil(lambda: window.canvas.tile_layer.pixel_at(19, 19) is not None, timeout=20_000)
     window._show_cursor(19.5, 19.9)
     pixel = window.opened.slide.read_all()[19, 19]
     assert window.status.position_label.text().split() == ["x", "19", "y", "19"]

@@ -1,6 +1,8 @@
-"""What the window has open, and reading an image with its annotations fully before it swaps to it.
+"""What the window has open, and opening an image with its annotations before it swaps to it.
 
-:func:`read_image` runs in a worker thread and touches no Qt object; whatever it raises
+:func:`read_image` runs in a worker thread and touches no Qt object. It only opens the slide
+(the reader parses the header; pixels are read later, tile by tile, by the canvas) and reads the
+annotations, so even a multi-gigabyte slide is on screen within a second. Whatever it raises
 reaches the user as a message box while the previous image stays on screen. :class:`Document`
 is the one shared record of what is open, read by every controller of the window.
 """
@@ -10,18 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from viewer.annotations import Annotations, find_annotations_for, load_annotations
 from viewer.errors import InputError
-from viewer.gui.pyramid import build_pyramid
-from viewer.slide import Slide, open_slide
+from viewer.slide import SlideSource, open_slide
 
 
 @dataclass(frozen=True, eq=False)
 class OpenedImage:
-    slide: Slide
-    pyramid: tuple[np.ndarray, ...]
+    slide: SlideSource
+    """The opened slide: levels, pixel size and region reads (no pixels are held here)."""
     annotations: Annotations | None
     annotation_problem: str | None
     """Why annotations next to the image could not be read (the image still opens)."""
@@ -39,7 +38,6 @@ class Document:
 def read_image(path: str | Path, annotations_path: str | Path | None = None) -> OpenedImage:
     """Open ``path`` and its annotations (``annotations_path`` or the BreCaHAD ground truth)."""
     slide = open_slide(path)
-    pyramid = build_pyramid(slide.read_all())
     source = Path(annotations_path) if annotations_path is not None else find_annotations_for(slide.path)
     annotations, problem = None, None
     if source is not None:
@@ -47,4 +45,4 @@ def read_image(path: str | Path, annotations_path: str | Path | None = None) -> 
             annotations = load_annotations(source)
         except InputError as exc:
             problem = str(exc)
-    return OpenedImage(slide, pyramid, annotations, problem)
+    return OpenedImage(slide, annotations, problem)

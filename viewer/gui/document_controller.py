@@ -1,8 +1,9 @@
 """Opening and closing images and their annotations, and the File › Open Recent menu.
 
-An image is read completely in a worker (document.read_image) before anything changes, so a
-file that cannot be opened leaves the window as it was, and a later open supersedes one still
-being read. Annotations are a few kB of JSON, read on the main thread. ``switched`` tells the
+An image is opened in a worker (document.read_image: the slide's header and the annotations,
+no pixels) before anything changes, so a file that cannot be opened leaves the window as it
+was, and a later open supersedes one still being opened. The canvas then reads the pixels it
+shows, tile by tile. Annotations are a few kB of JSON, read on the main thread. ``switched`` tells the
 window to show the new document (or the placeholder); ``annotations_changed`` re-compares them.
 """
 
@@ -57,7 +58,7 @@ class DocumentController(QObject):
             self.open_image(path)
 
     def open_image(self, path: str | Path, annotations: str | Path | None = None) -> None:
-        """Read ``path`` in the background; the window switches to it only if that succeeds."""
+        """Open ``path`` in the background; the window switches to it only if that succeeds."""
         if self._shut_down:
             return
         self._generation += 1

@@ -4,8 +4,8 @@ The work lives in the controllers: DocumentController opens and closes images an
 ModelController loads the model, HeatmapController runs the heatmap, AgreementController keeps
 the Agreement dock current and ExportController writes files. They share one Document and
 change it only on the main thread, once new data is complete. The window itself shows the
-document, applies the layer settings, reads out the pixel under the cursor, accepts dropped
-files and saves its layout on close.
+document, applies the layer settings, reads out the pixel under the cursor (from tiles already
+decoded: the readout never waits for a decode), accepts dropped files and saves its layout on close.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QMenu, QScrollArea, QStackedWidget, QWidget
 
 from viewer.colormaps import colormap_lut
@@ -83,7 +83,7 @@ class MainWindow(QMainWindow):
         self.document = Document()
         self._closing = False
 
-        self.canvas = Canvas()
+        self.canvas = Canvas(tile_cache_bytes=self.settings.tile_cache_bytes())
         self.heatmap_layer = HeatmapLayer(self.canvas)
         self.annotation_layer = AnnotationLayer(self.canvas)
         self.placeholder = Placeholder()
@@ -98,6 +98,7 @@ class MainWindow(QMainWindow):
         self.actions = build_actions(self)
         self.toolbar, panels_menu = build_menus(self, self.actions)
         self._add_docks(panels_menu)
+        self._add_overlay_toggles(panels_menu)
 
         self.model_controller = ModelController(self, model_path, self.status, self.settings)
         self.heatmap_controller = HeatmapController(
@@ -139,6 +140,29 @@ class MainWindow(QMainWindow):
         self.resizeDocks(docks, [300, 300], Qt.Orientation.Horizontal)
         self.resizeDocks(docks, [self.layers_panel.sizeHint().height() + 30, 200], Qt.Orientation.Vertical)
 
+    def _add_overlay_toggles(self, panels_menu: QMenu) -> None:
+        """View › Overview and View › Scale Bar, remembered in the settings."""
+        self.show_overview_action = QAction("&Overview", self, checkable=True, shortcut="O",
+                                            statusTip="Show a thumbnail of the whole slide; click it to move there")
+        self.show_scale_bar_action = QAction("Scale &Bar", self, checkable=True,
+                                             statusTip="Show a scale bar (when the slide records its pixel size)")
+        view_menu = panels_menu.parentWidget()  # the Panels submenu lives in the View menu
+        for action, on, apply, save in (
+            (self.show_overview_action, self.settings.show_overview(), self.canvas.set_overview_enabled,
+             self.settings.set_show_overview),
+            (self.show_scale_bar_action, self.settings.show_scale_bar(), self.canvas.set_scale_bar_enabled,
+             self.settings.set_show_scale_bar),
+        ):
+            action.setChecked(on)
+            apply(on)
+            action.toggled.connect(apply)
+            action.toggled.connect(save)
+            self.addAction(action)  # the shortcut works even when the menu bar is hidden
+            if isinstance(view_menu, QMenu):
+                view_menu.insertAction(panels_menu.menuAction(), action)
+        if isinstance(view_menu, QMenu):
+            view_menu.insertSeparator(panels_menu.menuAction())
+
     def _connect(self) -> None:
         a, documents, heatmaps, exports = (self.actions, self.document_controller, self.heatmap_controller,
                                            self.export_controller)
@@ -170,6 +194,7 @@ class MainWindow(QMainWindow):
         self.canvas.cursor_moved.connect(self._show_cursor)
         self.canvas.cursor_left.connect(self.status.clear_cursor)
         self.canvas.zoom_changed.connect(self.status.show_zoom)
+        self.canvas.tile_failed.connect(lambda message: self.status.showMessage(message, 15000))
         documents.switched.connect(self._show_document)
         documents.annotations_changed.connect(self.agreement_controller.update)
         documents.image_opened.connect(self.image_opened)
@@ -190,7 +215,7 @@ class MainWindow(QMainWindow):
             self.open_image(image, annotations)
 
     def open_image(self, path: str | Path, annotations: str | Path | None = None) -> None:
-        """Read ``path`` in the background; the window switches to it only if that succeeds."""
+        """Open ``path`` in the background; the window switches to it only if that succeeds."""
         self.document_controller.open_image(path, annotations)
 
     def close_image(self) -> None:
@@ -225,8 +250,8 @@ class MainWindow(QMainWindow):
             self.status.clear_cursor()
             self.status.show_zoom(None)
         else:
-            self.canvas.set_image(opened.pyramid)
-            self.stack.setCurrentWidget(self.canvas)
+            self.stack.setCurrentWidget(self.canvas)  # first, so the canvas fits its real size
+            self.canvas.set_slide(opened.slide)
             self.setWindowTitle(f"{opened.slide.name} — {APP_NAME}")
             self.setWindowFilePath(str(opened.slide.path))
         self._update_image_actions()
@@ -266,7 +291,8 @@ class MainWindow(QMainWindow):
         if not (0 <= col < slide.width and 0 <= row < slide.height):
             self.status.clear_cursor()
             return
-        rgb = tuple(int(v) for v in slide.read_region(0, col, row, 1, 1)[0, 0])
+        # Only from a decoded full-resolution tile: a read here could stall the window on a decode.
+        rgb = self.canvas.tile_layer.pixel_at(col, row)
         heatmap, probability = self.heatmap_controller.heatmap, None
         if heatmap is not None:
             cell = pixel_to_cell(x, y, heatmap.shape, self.heatmap_controller.stride)
@@ -310,6 +336,7 @@ class MainWindow(QMainWindow):
         self.document_controller.shut_down()
         self.model_controller.loader.discard()
         self.heatmap_controller.shut_down()
+        self.canvas.shut_down()  # joins the tile-reading threads
         self.hide()
         # Join the worker threads so none outlives the window (a tile takes well under a second;
         # a model still loading finishes its import first).

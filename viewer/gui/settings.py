@@ -1,4 +1,4 @@
-"""Persistent user settings (QSettings): recent files, window layout, layer settings.
+"""Persistent user settings (QSettings): recent files, window layout, layer and view settings.
 
 Always INI format in the user scope, so tests can redirect every read and write into a
 temporary folder with ``QSettings.setPath(IniFormat, UserScope, tmp)`` and a user's settings
@@ -17,6 +17,10 @@ from viewer import DEFAULT_STRIDE
 ORGANISATION = "HistoViewer"
 APPLICATION = "HistoViewer"
 MAX_RECENT = 10
+DEFAULT_TILE_CACHE_MB = 512
+TILE_CACHE_MB_RANGE = (64, 65536)
+"""Bounds of the decoded-tile cache: below ~64 MB one screen of tiles would not fit (tiles
+would be read again on every small pan); the upper bound only catches typos."""
 WINDOW_STEPS = (4, 8, 16)
 """Heatmap window steps (px) the GUI offers; any other stored value falls back to the default.
 All are multiples of 4 (the bundled network's down-sampling), so with that network each one
@@ -128,6 +132,30 @@ class Settings:
 
     def set_export_legend(self, on: bool) -> None:
         self._store.setValue("export/legend", bool(on))
+
+    # View -------------------------------------------------------------------------------
+    def tile_cache_mb(self) -> int:
+        """Megabytes of decoded slide tiles kept in memory (``view/tile_cache_mb``, default 512)."""
+        lo, hi = TILE_CACHE_MB_RANGE
+        return min(hi, max(lo, _as_int(self._store.value("view/tile_cache_mb"), DEFAULT_TILE_CACHE_MB)))
+
+    def set_tile_cache_mb(self, megabytes: int) -> None:
+        self._store.setValue("view/tile_cache_mb", int(megabytes))
+
+    def tile_cache_bytes(self) -> int:
+        return self.tile_cache_mb() * 1024 * 1024
+
+    def show_overview(self) -> bool:
+        return _as_bool(self._store.value("view/overview"), True)
+
+    def set_show_overview(self, on: bool) -> None:
+        self._store.setValue("view/overview", bool(on))
+
+    def show_scale_bar(self) -> bool:
+        return _as_bool(self._store.value("view/scale_bar"), True)
+
+    def set_show_scale_bar(self, on: bool) -> None:
+        self._store.setValue("view/scale_bar", bool(on))
 
     # Layers -----------------------------------------------------------------------------
     def layer_values(self) -> dict[str, Any]:
