@@ -1,0 +1,601 @@
+"""The whole-slide heatmap store: a zarr v3 folder filled chunk by chunk, resumable after a crash.
+
+A whole-slide heatmap does not fit in memory and takes long enough to compute that a run may be
+stopped (Ctrl+C, a closed laptop, kill -9, a lost Dask worker). Results therefore stream into a
+zarr v3 group on disk that anyone can read with plain ``zarr`` (no HistoViewer needed)::
+
+    g = zarr.open_group("slide.heatmap.zarr", mode="r")
+    g["probability"]    float32 (rows, cols)  P(tumour) per heatmap cell; NaN = not computed
+    g["tissue"]         uint8   (rows, cols)  1 = the cell's window is mostly tissue (evaluated),
+                                              0 = background (left NaN) or not decided yet
+    g["done"]           uint8   chunk grid    1 = that (C x C) block of probability is final
+    g["overview_mean"]  float32 (rows/8, cols/8)  NaN-ignoring mean of each 8x8 block of cells
+    g["overview_max"]   float32 (rows/8, cols/8)  NaN-ignoring max (tumour stays visible when
+                                                  the whole slide fits in the window)
+    g.attrs             geometry (patch, stride, scale, origin), model, slide, complete, ...
+
+Cell geometry is the project's (README "Heatmap geometry"): cell ``(r, c)`` is the 32x32 window
+whose top-left is ``(stride*c, stride*r)`` analysis px, at level-0 ``origin + analysis * scale``.
+
+One writer per chunk, no shared files
+    ``probability`` and ``tissue`` are chunked ``C x C`` cells, the overviews ``C/8 x C/8``, so
+    every probability chunk owns exactly one chunk (one file) of each overview. ``done`` is
+    chunked 1 x 1: one tiny file per probability chunk (raw bytes, no compression). A
+    ``done`` array chunked like the others would pack many chunks' flags into one file that
+    concurrent writers (Dask workers in separate processes) would read-modify-write and race
+    on; with 1 x 1 chunks two different probability chunks never write the same file, and
+    ``done`` still reads as an ordinary zarr array. Only :meth:`HeatmapStore.mark_complete`
+    rewrites the group's ``zarr.json``; call it from the one process that coordinates the run.
+
+Crash safety
+    :meth:`HeatmapStore.write_chunk` writes the probability chunk and its overview chunks
+    first and sets ``done`` last, so a chunk marked done is complete; a chunk interrupted
+    half-way is not marked and is simply recomputed on resume (the model is deterministic, so
+    the final arrays equal those of an uninterrupted run). Every file is written by
+    :class:`DurableLocalStore`: temporary file in the same folder, fsync, ``os.replace``, fsync
+    of the folder. zarr 3's own ``LocalStore`` wrote chunk files in place before zarr 3.1.3
+    (zarr-python issue #3411) -- a kill mid-write left a truncated, undecodable chunk -- and
+    even now does not fsync, so a power cut could persist the ``done`` flag before the data it
+    vouches for. Leftover temporary files (``.<name>.<hex>.partial``) are ignored by zarr and
+    removed when a run resumes. Creating (and ``force``-replacing) a store is atomic too: it is
+    built in a hidden folder beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from viewer import PATCH_SIZE, __version__
+from viewer.errors import InputError, OutputError, os_reason
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zarr.core.buffer import Buffer
+
+    from viewer.slide.source import SlideSource
+
+FORMAT = "histoviewer-heatmap-store"
+FORMAT_VERSION = 1
+DEFAULT_CHUNK = 64
+"""Side of a probability chunk in heatmap cells (64 x 64 cells = 16 KiB of float32)."""
+
+OVERVIEW_FACTOR = 8
+"""Each overview pixel summarises an 8 x 8 block of heatmap cells."""
+
+COMPATIBILITY_KEYS = ("shape", "chunk", "patch", "stride", "scale", "origin", "model_sha256", "tissue_threshold")
+"""Attributes that must match (with the slide's fingerprint) for a run to resume a store: any
+other value would mix two different heatmaps in one array."""
+
+_REQUIRED_ATTRS = ("stride", "scale", "origin", "model_sha256", "slide")
+
+_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{32}\.partial$")
+_FINGERPRINT_BYTES = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable file writes
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform can fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _make_folders(folder: Path) -> None:
+    """``mkdir -p`` that also makes each new folder's entry in its parent durable."""
+    if folder.is_dir():
+        return
+    _make_folders(folder.parent)
+    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+        folder.mkdir()
+    _fsync_folder(folder.parent)
+
+
+def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either the old or the whole new content."""
+    _make_folders(path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            with contextlib.suppress(OSError):  # file systems without fsync
+                os.fsync(fh.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)  # fails if path exists, unlike rename
+            except FileExistsError:
+                return
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+class DurableLocalStore(LocalStore):
+    """zarr's ``LocalStore`` whose every write is temp file + fsync + ``os.replace``."""
+
+    def _write(self, key: str, value: Buffer, exclusive: bool) -> None:
+        self._check_writable()
+        _durable_put(self.root / key, memoryview(np.ascontiguousarray(value.as_numpy_array())), exclusive)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        await asyncio.to_thread(self._write, key, value, False)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        await asyncio.to_thread(self._write, key, value, True)
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        if not self._is_open:
+            await self._open()
+        await asyncio.to_thread(self._write, key, value, exclusive)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._ensure_open_sync()
+        self._write(key, value, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """A cheap identity of a (possibly many-GB) slide file: sha256 of its size and its first
+    and last MiB. Renaming or copying the file keeps it; re-scanning the slide changes it."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            fh.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+            digest.update(fh.read(_FINGERPRINT_BYTES))
+    return digest.hexdigest()
+
+
+def slide_attrs(slide: SlideSource) -> dict:
+    """The ``slide`` attribute of a store for an opened slide: file name, size, fingerprint."""
+    return {
+        "file": slide.path.name,
+        "width": int(slide.width),
+        "height": int(slide.height),
+        "size_bytes": int(os.stat(slide.path).st_size),
+        "fingerprint": file_fingerprint(slide.path),
+    }
+
+
+def reduce_overview(probabilities: np.ndarray, factor: int = OVERVIEW_FACTOR) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-ignoring ``(mean, max)`` of each ``factor`` x ``factor`` block (edge blocks may be
+    smaller); NaN where a block has no computed cell. float32, shape ``ceil(shape / factor)``."""
+    p = np.asarray(probabilities, dtype=np.float32)
+    h, w = p.shape
+    hb, wb = -(-h // factor), -(-w // factor)
+    padded = np.full((hb * factor, wb * factor), np.nan, dtype=np.float32)
+    padded[:h, :w] = p
+    blocks = padded.reshape(hb, factor, wb, factor)
+    known = ~np.isnan(blocks)
+    count = known.sum(axis=(1, 3))
+    total = np.where(known, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / count, np.nan).astype(np.float32)
+    peak = np.where(known, blocks, -np.inf).max(axis=(1, 3))
+    peak = np.where(count > 0, peak, np.nan).astype(np.float32)
+    return mean, peak
+
+
+def _json_ready(attrs: dict) -> dict:
+    """``attrs`` as JSON will store it (tuples become lists), so comparisons after a reopen hold."""
+    try:
+        return json.loads(json.dumps(attrs, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"store attributes must be plain JSON values: {exc}") from None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_group_attrs(path: Path) -> dict | None:
+    """The attributes of the zarr group at ``path`` if it is a HistoViewer store, else ``None``."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    if isinstance(attrs, dict) and attrs.get("format") == FORMAT:
+        return attrs
+    return None
+
+
+def _incompatibility(existing: dict, wanted: dict) -> str | None:
+    """The first setting in which two stores' attributes differ, or ``None``."""
+    for key in COMPATIBILITY_KEYS:
+        if existing.get(key) != wanted.get(key):
+            return key
+    old = (existing.get("slide") or {}).get("fingerprint")
+    new = (wanted.get("slide") or {}).get("fingerprint")
+    if old != new:
+        return "slide"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+class HeatmapStore:
+    """A heatmap store on disk. Construct with :meth:`create`, :meth:`open` or :meth:`open_or_create`.
+
+    Thread- and process-safe for writers that write *different* chunks; :meth:`mark_complete`
+    belongs to a single coordinating process.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self._group = group
+        self._probability = group["probability"]
+        self._tissue = group["tissue"]
+        self._done = group["done"]
+        self._overview = {"mean": group["overview_mean"], "max": group["overview_max"]}
+        self._shape = tuple(int(v) for v in self._probability.shape)
+        self._chunk = int(self._probability.chunks[0])
+        self._check_layout()
+
+    def __repr__(self) -> str:
+        done, total = self.progress()
+        return f"<HeatmapStore {self.path} {self._shape[0]}x{self._shape[1]} cells, {done}/{total} chunks done>"
+
+    # Construction ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, path: str | Path, *, shape: tuple[int, int], attrs: dict, chunk: int = DEFAULT_CHUNK, force: bool = False
+    ) -> HeatmapStore:
+        """Create an empty store at ``path`` (atomically). An existing ``path`` is refused unless
+        ``force``; even then only a HistoViewer store, an empty folder or a file is replaced."""
+        path = Path(path)
+        full = cls._full_attrs(shape, attrs, chunk)
+        cls._check_target(path, force=force)
+        _remove_strays(path)
+        building = path.parent / f".{path.name}.{uuid.uuid4().hex}.creating"
+        try:
+            cls._build(building, full)
+            _move_into_place(building, path)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            raise OutputError(f"cannot be written ({os_reason(exc)}); nothing was written", path) from exc
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> HeatmapStore:
+        """Open an existing store for reading (``"r"``) or for writing more chunks (``"r+"``)."""
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError("not found" if not path.exists() else "is not a heatmap store (not a folder)", path)
+        attrs = _read_group_attrs(path)
+        if attrs is None:
+            raise InputError("is not a HistoViewer heatmap store (no zarr.json with its format)", path)
+        version = attrs.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InputError(
+                f"was written by a newer HistoViewer (store format {version}); this version reads format {FORMAT_VERSION}",
+                path,
+            )
+        try:
+            group = zarr.open_group(store=DurableLocalStore(path, read_only=mode == "r"), mode=mode)
+            return cls(path, group)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise InputError(f"is a damaged heatmap store ({type(exc).__name__}: {exc})", path) from None
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | Path, *, shape: tuple[int, int], attrs: dict, chunk: int = DEFAULT_CHUNK, force: bool = False
+    ) -> tuple[HeatmapStore, bool]:
+        """Resume the store at ``path`` if it was made for the same slide, model and settings
+        (``resumed`` True), else create one. An incompatible existing store is refused unless
+        ``force``, which replaces it."""
+        path = Path(path)
+        wanted = cls._full_attrs(shape, attrs, chunk)
+        existing = _read_group_attrs(path) if path.is_dir() and not path.is_symlink() else None
+        if force or existing is None:
+            return cls.create(path, shape=shape, attrs=attrs, chunk=chunk, force=force), False
+        differs = _incompatibility(existing, wanted)
+        if differs is not None:
+            raise OutputError(
+                f"was made for another slide/model/settings ({differs} differs); use --force to replace it", path
+            )
+        store = cls.open(path, mode="r+")
+        store._remove_temp_files()
+        _remove_strays(path)
+        return store, True
+
+    @staticmethod
+    def _full_attrs(shape: tuple[int, int], attrs: dict, chunk: int) -> dict:
+        rows, cols = (int(v) for v in shape)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"a heatmap store needs at least one cell, got shape {tuple(shape)}")
+        if isinstance(chunk, bool) or int(chunk) != chunk or chunk < OVERVIEW_FACTOR or chunk % OVERVIEW_FACTOR:
+            raise ValueError(f"chunk must be a positive multiple of {OVERVIEW_FACTOR}, got {chunk!r}")
+        missing = [key for key in _REQUIRED_ATTRS if key not in attrs]
+        if missing:
+            raise ValueError(f"store attributes lack {', '.join(missing)}")
+        if not isinstance(attrs["slide"], dict) or "fingerprint" not in attrs["slide"]:
+            raise ValueError("the store's 'slide' attribute needs a 'fingerprint' (see slide_attrs)")
+        from viewer.slide.tissue import TISSUE_THRESHOLD
+
+        full = {"patch": PATCH_SIZE, "analysis_mpp": None, "tissue_threshold": TISSUE_THRESHOLD}
+        full.update(attrs)
+        # The store's own facts win over anything the caller passed under the same name.
+        full.update(
+            format=FORMAT, format_version=FORMAT_VERSION, shape=[rows, cols], chunk=int(chunk),
+            version=__version__, precision="float32", complete=False, created=_now(),
+        )
+        full["origin"] = [float(v) if not float(v).is_integer() else int(v) for v in full["origin"]]
+        full["scale"] = float(full["scale"])
+        full["stride"] = int(full["stride"])
+        return _json_ready(full)
+
+    @staticmethod
+    def _check_target(path: Path, *, force: bool) -> None:
+        """Refuse targets we must not (or cannot) replace, before any work."""
+        if path.name in ("", ".", ".."):
+            raise OutputError("is not a valid store name; give a folder name such as slide.heatmap.zarr", path)
+        parent = path.parent
+        if not parent.is_dir():
+            raise OutputError(f"folder {parent} does not exist", path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"folder {parent} is not writable", path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(f"cannot be used ({os_reason(exc)})", path) from None
+        if not force:
+            raise OutputError("already exists; use --force to replace it", path)
+        if stat.S_ISLNK(st.st_mode):
+            raise OutputError("is a symbolic link; give the real folder", path)
+        if stat.S_ISDIR(st.st_mode):
+            if _read_group_attrs(path) is None and any(path.iterdir()):
+                # --force must never wipe a folder of someone's files because of a typo.
+                raise OutputError("is a folder that is not a HistoViewer heatmap store; refusing to replace it", path)
+        elif not stat.S_ISREG(st.st_mode):
+            raise OutputError("is not a regular file or folder; refusing to replace it", path)
+
+    @staticmethod
+    def _build(folder: Path, attrs: dict) -> None:
+        rows, cols = attrs["shape"]
+        c = attrs["chunk"]
+        small = c // OVERVIEW_FACTOR
+        grid = (-(-rows // c), -(-cols // c))
+        overview = (-(-rows // OVERVIEW_FACTOR), -(-cols // OVERVIEW_FACTOR))
+        group = zarr.create_group(store=DurableLocalStore(folder), zarr_format=3, attributes=attrs)
+        cells = ("row", "col")
+        group.create_array(
+            "probability", shape=(rows, cols), chunks=(c, c), dtype="float32", fill_value=np.nan,
+            dimension_names=cells,
+            attributes={"description": "P(tumour) of each heatmap cell's 32x32 window; NaN = not computed"},
+        )
+        group.create_array(
+            "tissue", shape=(rows, cols), chunks=(c, c), dtype="uint8", fill_value=0, dimension_names=cells,
+            attributes={"description": "1 = the cell's window is mostly tissue and is evaluated; 0 = background"},
+        )
+        group.create_array(
+            # Raw bytes, 1x1 chunks: one file per probability chunk (see the module docstring).
+            "done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None,
+            chunk_key_encoding={"name": "default", "separator": "/"}, dimension_names=("chunk_row", "chunk_col"),
+            attributes={"description": f"1 = probability[{c}*i:{c}*(i+1), {c}*j:{c}*(j+1)] is final"},
+        )
+        for kind in ("mean", "max"):
+            group.create_array(
+                f"overview_{kind}", shape=overview, chunks=(small, small), dtype="float32", fill_value=np.nan,
+                dimension_names=("overview_row", "overview_col"),
+                attributes={"description": f"NaN-ignoring {kind} of each {OVERVIEW_FACTOR}x{OVERVIEW_FACTOR} block of probability"},
+            )
+
+    def _check_layout(self) -> None:
+        rows, cols = self._shape
+        c = self._chunk
+        expected = {
+            "tissue": ((rows, cols), (c, c)),
+            "done": (self.chunk_grid, (1, 1)),
+            "overview_mean": ((-(-rows // OVERVIEW_FACTOR), -(-cols // OVERVIEW_FACTOR)), (c // 8, c // 8)),
+        }
+        expected["overview_max"] = expected["overview_mean"]
+        for name, (shape, chunks) in expected.items():
+            array = self._group[name]
+            if tuple(array.shape) != shape or tuple(array.chunks) != chunks:
+                raise ValueError(f"array {name} has shape {array.shape} / chunks {array.chunks}, expected {shape} / {chunks}")
+
+    # Description ----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the heatmap cell grid."""
+        return self._shape  # type: ignore[return-value]
+
+    @property
+    def chunk(self) -> int:
+        """Side of a probability chunk in cells."""
+        return self._chunk
+
+    @property
+    def chunk_grid(self) -> tuple[int, int]:
+        """Number of chunks along rows and columns."""
+        return (-(-self._shape[0] // self._chunk), -(-self._shape[1] // self._chunk))
+
+    @property
+    def attrs(self) -> dict:
+        """The group attributes (a copy)."""
+        return dict(self._group.attrs)
+
+    def chunk_slices(self, i: int, j: int) -> tuple[slice, slice]:
+        """The cell rows and columns of chunk ``(i, j)`` (edge chunks are smaller)."""
+        gi, gj = self.chunk_grid
+        if not (0 <= i < gi and 0 <= j < gj):
+            raise IndexError(f"chunk ({i}, {j}) is outside the {gi}x{gj} chunk grid")
+        c = self._chunk
+        return slice(i * c, min((i + 1) * c, self._shape[0])), slice(j * c, min((j + 1) * c, self._shape[1]))
+
+    # Progress -------------------------------------------------------------------------------
+    def done_mask(self) -> np.ndarray:
+        """Which chunks are final, as a bool array on the chunk grid (read from disk, so it
+        includes chunks other processes finished)."""
+        # Reading 40 000 one-byte chunks through zarr takes seconds; listing the chunk folders
+        # takes milliseconds. The flags are only ever written as 1 and zarr stores no file for
+        # the fill value 0, so "file exists" is "done" (a test checks this against zarr's read).
+        mask = np.zeros(self.chunk_grid, dtype=bool)
+        root = self.path / "done" / "c"
+        for i in range(mask.shape[0]):
+            try:
+                names = os.listdir(root / str(i))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.isdigit() and int(name) < mask.shape[1]:
+                    mask[i, int(name)] = True
+        return mask
+
+    def progress(self) -> tuple[int, int]:
+        """``(done chunks, total chunks)``."""
+        gi, gj = self.chunk_grid
+        return int(self.done_mask().sum()), gi * gj
+
+    # Writing --------------------------------------------------------------------------------
+    def write_tissue_chunk(self, i: int, j: int, mask: np.ndarray) -> None:
+        """Record which cells of chunk ``(i, j)`` are tissue (evaluated)."""
+        rows, cols = self.chunk_slices(i, j)
+        mask = np.asarray(mask)
+        self._check_block(mask, rows, cols, "tissue mask")
+        self._tissue[rows, cols] = (mask != 0).astype(np.uint8)
+
+    def write_chunk(self, i: int, j: int, probabilities: np.ndarray) -> None:
+        """Store the final probabilities of chunk ``(i, j)`` (NaN = background, not evaluated),
+        its overview blocks, and then -- only then -- mark the chunk done."""
+        rows, cols = self.chunk_slices(i, j)
+        values = np.asarray(probabilities, dtype=np.float32)
+        self._check_block(values, rows, cols, "probabilities")
+        mean, peak = reduce_overview(values)
+        f = OVERVIEW_FACTOR
+        small = (slice(rows.start // f, rows.start // f + mean.shape[0]), slice(cols.start // f, cols.start // f + mean.shape[1]))
+        self._probability[rows, cols] = values
+        self._overview["mean"][small] = mean
+        self._overview["max"][small] = peak
+        self._mark_done(i, j)
+
+    def _mark_done(self, i: int, j: int) -> None:
+        self._done[i, j] = 1
+
+    def mark_complete(self) -> None:
+        """Record in the attributes that every chunk is final. Refuses while chunks are missing."""
+        done, total = self.progress()
+        if done != total:
+            raise ValueError(f"{total - done} of {total} chunks are not done yet")
+        self._group.attrs.update({"complete": True, "completed": _now()})
+
+    @staticmethod
+    def _check_block(block: np.ndarray, rows: slice, cols: slice, what: str) -> None:
+        expected = (rows.stop - rows.start, cols.stop - cols.start)
+        if block.shape != expected:
+            raise ValueError(f"{what} for cells [{rows.start}:{rows.stop}, {cols.start}:{cols.stop}] must have shape {expected}, got {block.shape}")
+
+    # Reading --------------------------------------------------------------------------------
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Probabilities of a block of cells, float32; NaN = not computed (or background)."""
+        return np.asarray(self._probability[rows, cols], dtype=np.float32)
+
+    def read_tissue(self, rows: slice, cols: slice) -> np.ndarray:
+        """Tissue flags of a block of cells as bool (False also where not decided yet)."""
+        return np.asarray(self._tissue[rows, cols]) != 0
+
+    def read_overview(self, kind: str = "mean") -> np.ndarray:
+        """The whole overview (1/8 of the cell grid per side), float32 with NaN = nothing computed."""
+        if kind not in self._overview:
+            raise ValueError(f"kind must be 'mean' or 'max', got {kind!r}")
+        return np.asarray(self._overview[kind][...], dtype=np.float32)
+
+    # Housekeeping ---------------------------------------------------------------------------
+    def _remove_temp_files(self) -> None:
+        """Delete temporary files a killed writer left (call only when no other writer runs)."""
+        for folder, _dirs, files in os.walk(self.path):
+            for name in files:
+                if _TEMP_FILE.match(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+
+
+def _stray_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(path.name)}\.[0-9a-f]{{32}}\.(creating|replaced)$")
+
+
+def _remove_strays(path: Path) -> None:
+    """Remove half-built or half-replaced copies of ``path`` that a killed run left beside it."""
+    pattern = _stray_pattern(path)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if pattern.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _move_into_place(built: Path, path: Path) -> None:
+    """Rename the finished folder onto ``path``, replacing what is there (already vetted)."""
+    _fsync_folder(built)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is None:
+        os.rename(built, path)
+    elif stat.S_ISDIR(st.st_mode):
+        # POSIX cannot atomically swap two folders: move the old one aside, move the new one in,
+        # then delete the old one. A kill in between leaves the old store under a hidden name
+        # (removed by the next run) and no store at ``path``: the next run starts afresh.
+        old = path.parent / f".{path.name}.{uuid.uuid4().hex}.replaced"
+        os.rename(path, old)
+        os.rename(built, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.unlink(path)
+        os.rename(built, path)
+    _fsync_folder(path.parent)
+
+
+__all__ = [
+    "COMPATIBILITY_KEYS", "DEFAULT_CHUNK", "DurableLocalStore", "FORMAT", "FORMAT_VERSION", "HeatmapStore",
+    "OVERVIEW_FACTOR", "file_fingerprint", "reduce_overview", "slide_attrs",
+]
