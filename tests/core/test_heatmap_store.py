@@ -330,9 +330,15 @@ def test_create_refuses_existing_paths(tmp_path):
     with pytest.raises(OutputError, match="already exists; use --force"):
         HeatmapStore.create(path, shape=SHAPE, attrs=make_attrs(), chunk=CHUNK)
 
+    empty = tmp_path / "made-for-it.zarr"
+    empty.mkdir()
+    assert HeatmapStore.create(empty, shape=SHAPE, attrs=make_attrs(), chunk=CHUNK).progress() == (0, 30)
+
     documents = tmp_path / "Documents"
     documents.mkdir()
     (documents / "thesis.docx").write_text("precious")
+    with pytest.raises(OutputError, match="not a HistoViewer heatmap store; choose another name"):
+        HeatmapStore.create(documents, shape=SHAPE, attrs=make_attrs(), chunk=CHUNK)
     with pytest.raises(OutputError, match="not a HistoViewer heatmap store"):
         HeatmapStore.create(documents, shape=SHAPE, attrs=make_attrs(), chunk=CHUNK, force=True)
     with pytest.raises(OutputError, match="not a HistoViewer heatmap store"):

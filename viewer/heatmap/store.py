@@ -36,8 +36,9 @@ Crash safety
     of the folder. zarr 3's own ``LocalStore`` wrote chunk files in place before zarr 3.1.3
     (zarr-python issue #3411) -- a kill mid-write left a truncated, undecodable chunk -- and
     even now does not fsync, so a power cut could persist the ``done`` flag before the data it
-    vouches for. Leftover temporary files (``.<name>.<hex>.partial``) are ignored by zarr and
-    removed when a run resumes. Creating (and ``force``-replacing) a store is atomic too: it is
+    vouches for. Temporary files a kill leaves (``.<name>.<hex>.partial``) are never read as
+    chunks (zarr at most warns about one beside the group's ``zarr.json``) and are removed when a
+    run resumes. Creating (and ``force``-replacing) a store is atomic too: it is
     built in a hidden folder beside the target and renamed into place.
 """
 
@@ -387,15 +388,16 @@ class HeatmapStore:
             return
         except OSError as exc:
             raise OutputError(f"cannot be used ({os_reason(exc)})", path) from None
+        if stat.S_ISDIR(st.st_mode) and _read_group_attrs(path) is None:
+            if not any(path.iterdir()):
+                return  # an empty folder made for the output: use it
+            # Not even --force may wipe a folder of someone's files because of a typo.
+            raise OutputError("is a folder that is not a HistoViewer heatmap store; choose another name", path)
         if not force:
             raise OutputError("already exists; use --force to replace it", path)
         if stat.S_ISLNK(st.st_mode):
             raise OutputError("is a symbolic link; give the real folder", path)
-        if stat.S_ISDIR(st.st_mode):
-            if _read_group_attrs(path) is None and any(path.iterdir()):
-                # --force must never wipe a folder of someone's files because of a typo.
-                raise OutputError("is a folder that is not a HistoViewer heatmap store; refusing to replace it", path)
-        elif not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise OutputError("is not a regular file or folder; refusing to replace it", path)
 
     @staticmethod
