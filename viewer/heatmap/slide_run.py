@@ -48,7 +48,9 @@ class SlideHeatmapOptions:
     mpp: float | None = None
     region: tuple[int, int, int, int] | None = None
     tissue_mask: bool | None = None
-    chunk: int = DEFAULT_CHUNK
+    chunk: int | None = None
+    """Chunk (= engine tile) side in cells; None: :data:`DEFAULT_CHUNK` for whole slides, and the
+    engine's interactive tile size for a microscope field, so its first tile paints quickly."""
 
 
 def is_whole_slide(slide: SlideSource) -> bool:
@@ -179,8 +181,13 @@ def plan_slide_heatmap(
         from viewer.slide.tissue import detect_tissue
 
         tissue = detect_tissue(slide)
+    chunk = options.chunk
+    if chunk is None:
+        from viewer.heatmap.engine import default_tile_cells
+
+        chunk = DEFAULT_CHUNK if is_whole_slide(slide) else default_tile_cells(grid.stride)
     plan = SlideHeatmapPlan(
-        slide, grid, tissue, int(options.chunk),
+        slide, grid, tissue, int(chunk),
         None if model_path is None else file_sha256(model_path), notes,
     )
     plan.chunk_tissue_cells = _count_tissue_cells(plan)
@@ -237,7 +244,7 @@ def iter_slide_heatmap(plan: SlideHeatmapPlan, model, chunks: Iterable[tuple[int
     )
     tiles = iter_heatmap_tiles(AnalysisImage(plan.slide, grid), model, grid.stride, plan=engine_plan)
     try:
-        for (i, j), tile in zip(busy, tiles):
+        for (i, j), tile in zip(busy, tiles, strict=True):  # the engine yields one tile per chunk
             keep = plan.evaluated_cells(tile.rows, tile.cols)
             probabilities = tile.probabilities if keep.all() else np.where(keep, tile.probabilities, np.float32(np.nan))
             yield (i, j), HeatmapTile(tile.rows, tile.cols, probabilities.astype(np.float32, copy=False))
