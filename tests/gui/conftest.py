@@ -188,10 +188,10 @@ def gated_engine(monkeypatch: pytest.MonkeyPatch):
     closing joins the worker threads, and pytest-qt closes windows before this fixture ends."""
     import threading
 
-    import viewer.heatmap
+    import viewer.heatmap.slide_run as engine_user  # the viewer drains the engine through it
 
     gate = threading.Event()
-    real = viewer.heatmap.iter_heatmap_tiles
+    real = engine_user.iter_heatmap_tiles
 
     def gated(*args, **kwargs):
         tiles = real(*args, **kwargs)
@@ -203,6 +203,6 @@ def gated_engine(monkeypatch: pytest.MonkeyPatch):
         finally:
             tiles.close()
 
-    monkeypatch.setattr(viewer.heatmap, "iter_heatmap_tiles", gated)
+    monkeypatch.setattr(engine_user, "iter_heatmap_tiles", gated)
     yield gate
     gate.set()  # never leave a worker thread waiting

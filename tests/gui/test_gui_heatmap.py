@@ -6,14 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
-from viewer.heatmap import compute_heatmap, plan_heatmap
+from viewer.heatmap import compute_heatmap
+from viewer.heatmap.slide_run import chunks_in_order, plan_slide_heatmap
+
+
+def gui_plan(window):
+    """The chunks the viewer computes for the open image (its plan, with the bundled model)."""
+    from viewer.model import bundled_model_path
+
+    return plan_slide_heatmap(window.opened.slide, window.model_path or bundled_model_path())
 
 
 def test_paints_progressively_from_the_visible_centre(qtbot, make_window, open_and_wait, tiled_image: Path) -> None:
     window = make_window()
     open_and_wait(window, tiled_image)
-    plan = plan_heatmap(700, 900)
-    assert len(plan) >= 4
+    plan = gui_plan(window)
+    n_chunks = plan.chunk_grid[0] * plan.chunk_grid[1]
+    assert n_chunks >= 4
     painted: list[tuple[int, float]] = []  # (tile cells, fraction of cells done) after each tile
 
     def record(request, rows, cols, probabilities):
@@ -26,7 +35,7 @@ def test_paints_progressively_from_the_visible_centre(qtbot, make_window, open_a
         assert window.status.progress.isVisible() and window.status.cancel_button.isVisible()
         assert window.actions.cancel_heatmap.isEnabled() and not window.actions.run_heatmap.isEnabled()
     assert done.args == [True]
-    assert len(painted) == len(plan)
+    assert len(painted) == n_chunks
     # several tiles arrived, each painted before the next: the known fraction grows tile by tile
     fractions = [f for _, f in painted]
     assert fractions[0] < 0.5 and fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -52,7 +61,8 @@ def test_first_tile_is_at_the_visible_centre(qtbot, make_window, open_and_wait, 
     with qtbot.waitSignal(window.runner.tile_ready, timeout=60_000) as first:
         window.actions.run_heatmap.trigger()
     _, rows, cols, _ = first.args
-    expected_first = plan_heatmap(700, 900, order_from=(cx, cy)).tiles[0]
+    plan = gui_plan(window)
+    expected_first = plan.chunk_slices(*chunks_in_order(plan, (cx, cy))[0])
     assert (rows, cols) == expected_first
     with qtbot.waitSignal(window.heatmap_finished, timeout=10_000):
         window.actions.cancel_heatmap.trigger()
@@ -163,9 +173,9 @@ def test_a_run_waiting_for_the_model_can_be_cancelled(qtbot, make_window, open_a
 
 def test_a_failed_run_still_updates_the_agreement_table(qtbot, make_window, dialogs_seen, open_and_wait,
                                                        small_image: Path, monkeypatch) -> None:
-    import viewer.heatmap
+    import viewer.heatmap.slide_run as engine_user  # the viewer drains the engine through it
 
-    real = viewer.heatmap.iter_heatmap_tiles
+    real = engine_user.iter_heatmap_tiles
 
     def fails_after_one_tile(*args, **kwargs):
         tiles = real(*args, **kwargs)
@@ -173,7 +183,7 @@ def test_a_failed_run_still_updates_the_agreement_table(qtbot, make_window, dial
         tiles.close()
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(viewer.heatmap, "iter_heatmap_tiles", fails_after_one_tile)
+    monkeypatch.setattr(engine_user, "iter_heatmap_tiles", fails_after_one_tile)
     window = make_window()
     open_and_wait(window, small_image)
     with qtbot.waitSignal(window.heatmap_finished, timeout=60_000) as done:

@@ -38,6 +38,10 @@ class Actions:
     run_heatmap: QAction
     cancel_heatmap: QAction
     auto_run: QAction
+    run_visible: QAction
+    show_tissue: QAction
+    smooth_heatmap: QAction
+    overview_max: QAction
     window_steps: dict[int, QAction]
     """Analysis › Window Step: one checkable action per step in px; ``data()`` holds the step."""
     window_step_group: QActionGroup
@@ -114,6 +118,15 @@ def build_actions(window: QMainWindow) -> Actions:
         cancel_heatmap=_action(window, "&Cancel", ["Esc"], "Stop computing the heatmap", sp.SP_MediaStop),
         auto_run=_action(window, "Run Heatmap on &Open", tip="Start the heatmap whenever an image opens",
                          checkable=True),
+        run_visible=_action(window, "Run on &Visible Area", ["Ctrl+Shift+R"],
+                            "Compute the heatmap of what is on screen only; a later run continues the rest"),
+        show_tissue=_action(window, "&Tissue Mask", ["T"], "Show where tissue was detected (whole slides)",
+                            checkable=True),
+        smooth_heatmap=_action(window, "&Smooth Heatmap", tip="Draw the heatmap smoothly (bilinear) instead of "
+                               "as exact cells; exports follow", checkable=True),
+        overview_max=_action(window, "Heatmap Overview by &Maximum",
+                             tip="When zoomed out, draw each block of cells by its highest probability instead "
+                             "of the mean, so small tumour foci stay visible", checkable=True),
         window_steps=window_steps,
         window_step_group=window_step_group,
         about=_action(window, "&About HistoViewer", tip="Version and model card"),
@@ -135,11 +148,12 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     view = bar.addMenu("&View")
     view.addActions([a.fit, a.zoom_100, a.zoom_in, a.zoom_out])
     view.addSeparator()
-    view.addActions([a.show_image, a.show_annotations, a.show_heatmap])
+    view.addActions([a.show_image, a.show_annotations, a.show_heatmap, a.show_tissue])
+    view.addActions([a.smooth_heatmap, a.overview_max])
     view.addSeparator()
     panels = view.addMenu("&Panels")
     analysis = bar.addMenu("&Analysis")
-    analysis.addActions([a.run_heatmap, a.cancel_heatmap])
+    analysis.addActions([a.run_heatmap, a.run_visible, a.cancel_heatmap])
     analysis.addSeparator()
     step_menu = analysis.addMenu("Window &Step")
     step_menu.setToolTipsVisible(True)  # the tips say what each step trades off

@@ -1,15 +1,22 @@
-"""The tumour heatmap of the open image: running, cancelling and re-running it, and the array it fills.
+"""The tumour heatmap of the open image or slide: running, cancelling, resuming, and where it lives.
 
-HeatmapController owns the HeatmapRunner, the probability array with its stride and
-completeness, the progress in the status bar and the Run/Cancel/Export Heatmap actions. Tiles
-come from the runner on the main thread and are painted as they arrive. A run asked for before
-the model has loaded waits for it; a newly loaded model re-runs a heatmap the old one made.
+HeatmapController owns the HeatmapRunner, the heatmap (:attr:`data`: an array for a microscope
+field, a zarr store in the per-user cache folder for a whole slide), its grid and completeness,
+the progress in the status bar and the Run/Cancel/Export Heatmap actions. Tiles come from the
+runner on the main thread and are painted as they arrive. A whole slide's store survives the
+run: stopping keeps what was computed, a later run continues it, and reopening the slide shows
+it at once. A run asked for before the model has loaded waits for it; a newly loaded model
+re-runs a heatmap the old one made.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QStandardPaths, Signal
 from PySide6.QtWidgets import QWidget
 
 from viewer import DEFAULT_STRIDE
@@ -22,10 +29,23 @@ from viewer.gui.layers_panel import LayersPanel
 from viewer.gui.model_controller import ModelController
 from viewer.gui.settings import Settings
 from viewer.gui.status import StatusBar
-from viewer.gui.worker import HeatmapRequest, HeatmapRunner
-from viewer.heatmap import blank_heatmap
+from viewer.gui.worker import HeatmapRequest, HeatmapRunner, PlannedRun
+from viewer.heatmap import store_cache
+from viewer.heatmap.analysis import AnalysisGrid
+from viewer.heatmap.data import ArrayHeatmap, HeatmapData, StoreHeatmap
+from viewer.heatmap.slide_run import SlideHeatmapOptions, analysis_grid_for, is_whole_slide, slide_fingerprint
+from viewer.progress import format_duration
 
 NO_HEATMAP = "No heatmap yet (Analysis › Run Heatmap, Ctrl+R)"
+
+
+def heatmap_cache_folder() -> Path:
+    """Where the viewer keeps whole-slide heatmap stores (``HISTOVIEWER_CACHE_DIR`` overrides)."""
+    override = os.environ.get("HISTOVIEWER_CACHE_DIR")
+    if override:
+        return Path(override) / "heatmaps"
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.CacheLocation)
+    return Path(base or Path.home() / ".cache" / "histoviewer") / "heatmaps"
 
 
 class HeatmapController(QObject):
@@ -47,6 +67,13 @@ class HeatmapController(QObject):
         self._actions = actions
         self._settings = settings
         self.heatmap: np.ndarray | None = None
+        """The heatmap array of a microscope field (None for a whole slide: see :attr:`data`)."""
+        self.data: HeatmapData | None = None
+        """What the layer draws: the array above, or a whole slide's store."""
+        self.grid: AnalysisGrid | None = None
+        self.store_path: Path | None = None
+        self.tissue = None
+        """The tissue mask of the last whole-slide run (viewer.slide.tissue.TissueMask)."""
         self.complete = False
         # The stride of self.heatmap: everything that reads the array (layer, agreement,
         # readout, exports) uses it. It follows window_step only when a run starts, so the
@@ -55,8 +82,13 @@ class HeatmapController(QObject):
         self.window_step = settings.heatmap_stride()  # Analysis › Window Step
         actions.window_steps[self.window_step].setChecked(True)  # setChecked does not trigger
         self._cells_done = 0
+        self._todo_cells = 0
+        self._cell_px = 1.0
+        self._started = 0.0
+        self._model_sha: dict[str, str] = {}
         self._waiting_for_model = False
         self.runner = HeatmapRunner(self)
+        self.runner.planned.connect(self._on_planned)
         self.runner.tile_ready.connect(self._on_tile)
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
@@ -69,8 +101,11 @@ class HeatmapController(QObject):
         return self.runner.is_running() or self._waiting_for_model
 
     # Running --------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Compute the heatmap of the open image at the chosen window step, painting as tiles arrive."""
+    def run(self, scope: tuple[float, float, float, float] | None = None) -> None:
+        """Compute the heatmap of the open image at the chosen window step, painting as tiles arrive.
+
+        ``scope``: a level-0 rectangle (x, y, w, h) to compute only the chunks under it (whole
+        slides); None = everything not computed yet."""
         if self._document.opened is None:
             return
         models = self._models
@@ -86,15 +121,85 @@ class HeatmapController(QObject):
             return
         slide = self._document.opened.slide
         self.stride = self.window_step
-        self.heatmap = blank_heatmap(slide.height, slide.width, self.stride)
+        model_file = self._model_file()
+        grid, _notes = analysis_grid_for(slide, model_file, SlideHeatmapOptions(stride=self.stride))
+        self.grid = grid
         self.complete = False
         self._cells_done = 0
-        self._layer.set_heatmap(self.heatmap, self.stride)
-        self.runner.start(slide, models.model, models.path, self.stride, self._canvas.visible_centre())
+        store_path = None
+        if is_whole_slide(slide):
+            store_path = self._store_path(slide, grid)
+            if self.store_path != store_path:  # another step or model: show nothing until planned
+                self._show_data(None)
+            self.store_path = store_path
+        else:
+            self.store_path = None
+            self.heatmap = np.full(grid.shape, np.nan, dtype=np.float32)
+            self._show_data(ArrayHeatmap(self.heatmap, grid))
+        self.runner.start(slide, models.model, models.path, self.stride, self._canvas.visible_centre(),
+                          store_path=store_path, scope=scope)
         self._status.show_progress(0.0)
         self._panel.set_heatmap_info(f"Computing with {models.name()}, window step {self.stride} px…")
         self.update_actions()
         self.changed.emit()
+
+    def run_visible(self) -> None:
+        """Compute only the chunks under the visible area (whole slides; a later run continues)."""
+        rect = self._canvas.view.viewRect()
+        self.run(scope=(rect.left(), rect.top(), rect.width(), rect.height()))
+
+    def _model_file(self) -> Path:
+        from viewer.model import bundled_model_path
+
+        return Path(self._models.path) if self._models.path else bundled_model_path()
+
+    def _model_sha256(self) -> str:
+        from viewer.model import file_sha256
+
+        key = str(self._model_file())
+        if key not in self._model_sha:
+            self._model_sha[key] = file_sha256(key)
+        return self._model_sha[key]
+
+    def _store_path(self, slide, grid: AnalysisGrid) -> Path:
+        key = store_cache.cache_key(slide_fingerprint(slide), self._model_sha256(), grid.stride, grid.scale)
+        return store_cache.store_path_in(heatmap_cache_folder(), slide.name, key)
+
+    def _show_data(self, data: HeatmapData | None) -> None:
+        if not isinstance(data, ArrayHeatmap):
+            self.heatmap = None
+        self.data = data
+        self._layer.set_data(data)
+
+    def show_cached(self) -> bool:
+        """Show the stored heatmap of the open whole slide for the current model and step, if
+        there is one (reopening a slide shows its finished heatmap at once). True if shown."""
+        opened = self._document.opened
+        if opened is None:
+            return False
+        slide = opened.slide
+        if not is_whole_slide(slide):
+            return False
+        try:
+            grid, _ = analysis_grid_for(slide, self._model_file(), SlideHeatmapOptions(stride=self.window_step))
+            path = self._store_path(slide, grid)
+            if not path.is_dir():
+                return False
+            from viewer.heatmap.store import HeatmapStore
+
+            store = HeatmapStore.open(path, mode="r")
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never an error
+            return False
+        store_cache.touch(path)
+        self.stride, self.grid, self.store_path = self.window_step, grid, path
+        self._show_data(StoreHeatmap(store))
+        self.complete = bool(store.attrs.get("complete"))
+        done, total = store.progress()
+        self._panel.set_heatmap_info(
+            f"Stored heatmap, window step {self.stride} px" + ("" if self.complete else f" ({done} of {total} chunks; Run continues it)"))
+        self.update_actions()
+        self.changed.emit()
+        return True
 
     def set_window_step(self, step: int) -> None:
         """Use ``step`` px for heatmaps from now on (and remember it); a heatmap on screen or
@@ -108,7 +213,7 @@ class HeatmapController(QObject):
             return
         self.window_step = step
         self._settings.set_heatmap_stride(step)
-        if self._document.opened is not None and self.heatmap is not None:  # also true while a run is going
+        if self._document.opened is not None and (self.data is not None or self.runner.is_running()):
             # Cancel first, so the old run's "stopped" update lands before the new run starts
             # instead of in the middle of run() (as when a new model replaces a run).
             self.runner.cancel()
@@ -132,14 +237,19 @@ class HeatmapController(QObject):
         return self.runner.cancel()
 
     def clear(self) -> None:
-        """Forget the heatmap: another image, or another model."""
+        """Forget the heatmap: another image, or another model. A whole slide that has a stored
+        heatmap for the current model and step shows it at once."""
         self.heatmap = None
+        self.grid = None
+        self.store_path = None
+        self.tissue = None
         self.complete = False
-        self._layer.set_heatmap(None, DEFAULT_STRIDE)
+        self._show_data(None)
         self._panel.set_heatmap_info(NO_HEATMAP)
         self._status.show_progress(None)
         self.update_actions()
         self.changed.emit()
+        self.show_cached()
 
     def shut_down(self) -> None:
         """The window is closing: no run starts or goes on."""
@@ -155,22 +265,54 @@ class HeatmapController(QObject):
         a.export_heatmap.setEnabled(self.heatmap is not None and not running)
 
     # From the runner ------------------------------------------------------------------------
+    def _on_planned(self, request: HeatmapRequest, planned: PlannedRun) -> None:
+        plan = planned.plan
+        self.grid = plan.grid
+        self.tissue = plan.tissue
+        if planned.store is not None:
+            store_cache.touch(planned.store.path if hasattr(planned.store, "path") else request.store_path)
+            self._show_data(StoreHeatmap(planned.store))
+        self._todo_cells = max(1, planned.todo_cells)
+        self._cell_px = plan.cell_area_px
+        self._started = time.perf_counter()
+        if plan.tissue is not None:
+            self._panel.set_heatmap_info(
+                f"Computing with {self._models.name()}, window step {self.stride} px; tissue "
+                f"{100 * plan.tissue.fraction:.0f}% of the slide…")
+        self.changed.emit()
+
     def _on_tile(self, request: HeatmapRequest, rows: slice, cols: slice, probabilities: np.ndarray) -> None:
         # The runner only forwards tiles of the current request, for the current image.
-        self.heatmap[rows, cols] = probabilities
-        self._layer.update_cells(rows, cols)
-        self._cells_done += probabilities.size
-        self._status.show_progress(self._cells_done / self.heatmap.size)
+        if self.heatmap is not None:
+            self.heatmap[rows, cols] = probabilities
+            self._layer.update_cells(rows, cols)
+        else:
+            self._layer.update_cells(rows, cols, probabilities)
+        self._cells_done += int(np.isfinite(probabilities).sum())
+        fraction = min(1.0, self._cells_done / self._todo_cells) if self._todo_cells else 0.0
+        self._status.show_progress(fraction)
+        elapsed = time.perf_counter() - self._started
+        rate = self._cells_done * self._cell_px / 1e6 / max(elapsed, 1e-6)
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        self._status.progress.setFormat(
+            f"Tissue %p % · {rate:.0f} Mpx/s" + (f" · {format_duration(eta)} left" if eta is not None else ""))
 
     def _on_finished(self, request: HeatmapRequest, completed: bool) -> None:
         self._status.show_progress(None)
         self.complete = completed
-        done = self._cells_done / self.heatmap.size if self.heatmap is not None and self.heatmap.size else 0
-        if completed:
+        if isinstance(self.data, StoreHeatmap):
+            # A run over the visible area finishes without finishing the slide.
+            self.complete = completed and bool(self.data.store.done_mask().all())
+            store_cache.prune(heatmap_cache_folder(), keep=(self.store_path,) if self.store_path else ())
+        done = min(1.0, self._cells_done / self._todo_cells) if self._todo_cells else 0
+        again = "continues it" if self.store_path is not None else "restarts it"
+        if completed and self.complete:
             self._panel.set_heatmap_info(f"{self._models.name()}, window step {request.stride} px")
             self._status.showMessage("Heatmap complete", 5000)
+        elif completed:
+            self._panel.set_heatmap_info(f"Visible area done (Analysis › Run Heatmap {again} for the whole slide)")
         else:
-            self._panel.set_heatmap_info(f"Stopped at {done:.0%} (Analysis › Run Heatmap to restart)")
+            self._panel.set_heatmap_info(f"Stopped at {done:.0%} (Analysis › Run Heatmap {again})")
         self.update_actions()
         self.changed.emit()
         self.finished.emit(completed)
@@ -187,7 +329,7 @@ class HeatmapController(QObject):
     def _use_model(self, model: object, path: str | None) -> None:
         replacing = self._models.model is not None
         # Stopped before the swap, so the old model's run reports "stopped" before "model ready".
-        had_run = self.runner.cancel() or self.heatmap is not None
+        had_run = self.runner.cancel() or self.data is not None
         self._models.use(model, path)
         self.update_actions()
         if replacing and had_run and self._document.opened is not None:

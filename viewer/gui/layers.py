@@ -27,6 +27,13 @@ class LayerState:
     threshold: float = 0.5
     """The GUI starts by drawing likely tumour only (p >= 0.5), so the tissue stays readable;
     exports take whatever is set, and 0 shows every cell as `histoviewer export` does by default."""
+    smooth: bool = False
+    """Draw the heatmap with bilinear filtering (presentation) instead of exact cells."""
+    overview_max: bool = False
+    """At low zoom, draw each block of cells by its maximum (small tumour foci stay visible)
+    instead of its mean."""
+    show_tissue: bool = False
+    """Show the tissue mask of the last whole-slide run."""
 
     def overlay_style(self, classes: Iterable[str], stride: int, legend: bool = False) -> OverlayStyle:
         """The core style that renders this state (classes = all classes of the annotations)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -159,11 +160,26 @@ class HeatmapRequest:
     model_path: str | None
     stride: int
     order_from: tuple[float, float] | None
+    store_path: Path | None = None
+    """Whole slides stream into this zarr store (resumed if it exists); images fill an array."""
+    scope: tuple[float, float, float, float] | None = None
+    """Level-0 rectangle (x, y, w, h) whose chunks to compute; None = the whole slide."""
+
+
+@dataclass(frozen=True, eq=False)
+class PlannedRun:
+    """First item a run yields: what it will compute and where the results go."""
+
+    plan: Any  # viewer.heatmap.slide_run.SlideHeatmapPlan
+    store: Any  # viewer.heatmap.store.HeatmapStore or None
+    todo_cells: int
+    """Tissue cells this run will evaluate (for progress and ETA)."""
 
 
 class HeatmapRunner(QObject):
     """Runs ``iter_heatmap_tiles`` for one request at a time; emits only current tiles."""
 
+    planned = Signal(object, object)  # request, PlannedRun
     tile_ready = Signal(object, object, object, object)  # request, row slice, col slice, probabilities
     finished = Signal(object, bool)  # request, completed (False = cancelled)
     failed = Signal(object, str)  # request, one-line message
@@ -183,12 +199,13 @@ class HeatmapRunner(QObject):
 
     def start(
         self, slide: Slide, model: Any, model_path: str | None, stride: int,
-        order_from: tuple[float, float] | None,
+        order_from: tuple[float, float] | None, *, store_path: Path | None = None,
+        scope: tuple[float, float, float, float] | None = None,
     ) -> HeatmapRequest:
         from superqt.utils import create_worker
 
         self.cancel()
-        request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from)
+        request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from, store_path, scope)
         cancel = threading.Event()
         worker: GeneratorWorker = create_worker(
             _heatmap_tiles, request, cancel, _start_thread=False,
@@ -215,10 +232,14 @@ class HeatmapRunner(QObject):
             self.finished.emit(request, False)
         return request is not None
 
-    def _on_tile(self, request: HeatmapRequest, tile: tuple[slice, slice, np.ndarray]) -> None:
-        if request is self._current:
-            rows, cols, probabilities = tile
-            self.tile_ready.emit(request, rows, cols, probabilities)
+    def _on_tile(self, request: HeatmapRequest, item: Any) -> None:
+        if request is not self._current:
+            return
+        if isinstance(item, PlannedRun):
+            self.planned.emit(request, item)
+            return
+        _ij, tile = item
+        self.tile_ready.emit(request, tile.rows, tile.cols, tile.probabilities)
 
     def _on_done(self, request: HeatmapRequest, _result: object) -> None:
         if request is self._current:
@@ -231,22 +252,54 @@ class HeatmapRunner(QObject):
             self.failed.emit(request, describe_error(exc))
 
 
-def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator[tuple[slice, slice, np.ndarray]]:
-    """Worker-thread generator: the engine's tiles until done or cancelled."""
-    from viewer.heatmap import iter_heatmap_tiles
-
-    tiles = iter_heatmap_tiles(
-        request.slide.read_all(), request.model, stride=request.stride, order_from=request.order_from
+def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator[Any]:
+    """Worker-thread generator: a :class:`PlannedRun` first, then ``((i, j), HeatmapTile)`` per
+    chunk from the slide engine (written to the store first when there is one), until done or
+    cancelled. Planning (tissue detection on a low level, opening the store) happens here too,
+    off the main thread."""
+    from viewer.heatmap.slide_run import (
+        SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, plan_slide_heatmap, run_to_store,
     )
+    from viewer.model import bundled_model_path
+
+    model_file = request.model_path or bundled_model_path()
+    plan = plan_slide_heatmap(request.slide, model_file, SlideHeatmapOptions(stride=request.stride))
+    store = None
+    skip = None
+    if request.store_path is not None:
+        store, _resumed = open_store_for(plan, request.store_path)
+        skip = store.done_mask()
+    chunks = chunks_in_order(plan, request.order_from, skip=skip)
+    if request.scope is not None:
+        chunks = [ij for ij in chunks if _chunk_meets(plan, ij, request.scope)]
+    counts = plan.chunk_tissue_cells
+    yield PlannedRun(plan, store, int(sum(int(counts[ij]) for ij in chunks)))
+    if cancel.is_set():
+        return
+    tiles = run_to_store(plan, request.model, store, chunks=chunks) if store is not None else iter_slide_heatmap(
+        plan, request.model, chunks)
     try:
-        for tile in tiles:
+        for item in tiles:
             if cancel.is_set():
                 return
-            yield tile
+            yield item
             if cancel.is_set():
                 return
     finally:
         tiles.close()  # stop the engine now, in this thread, not whenever it is collected
+
+
+def _chunk_meets(plan: Any, ij: tuple[int, int], rect: tuple[float, float, float, float]) -> bool:
+    """Whether chunk ``ij``'s cells (their squares on level 0) meet the level-0 rectangle."""
+    rows, cols = plan.chunk_slices(*ij)
+    grid = plan.grid
+    cell = grid.stride * grid.scale
+    x0 = grid.origin[0] + (cols.start * grid.stride + 16 - grid.stride / 2) * grid.scale
+    y0 = grid.origin[1] + (rows.start * grid.stride + 16 - grid.stride / 2) * grid.scale
+    x1 = x0 + (cols.stop - cols.start) * cell
+    y1 = y0 + (rows.stop - rows.start) * cell
+    rx, ry, rw, rh = rect
+    return x0 < rx + rw and rx < x1 and y0 < ry + rh and ry < y1
 
 
 def wait_for_workers(msecs: int = -1) -> bool:
