@@ -109,7 +109,7 @@ def test_a_pan_in_progress_drops_stale_requests(qtbot, canvas: Canvas) -> None:
     wait_drawn(qtbot, canvas)
     layer = canvas.tile_layer
     canvas.centre_on(3000.0, 3000.0)
-    canvas.zoom_to(1.0)
+    canvas.zoom_to(0.5)  # still level 0 (2 level-0 px per screen px), 12+ tiles
     qtbot.waitUntil(lambda: layer.requested[0] > 0 and not layer._pending, timeout=WAIT_MS)
     first = set(layer.visible_tiles)
     assert len(first) > READ_THREADS  # more requests than threads: some wait in the queue
@@ -311,3 +311,24 @@ def test_opening_a_second_image_while_the_first_opens_ends_on_the_second(
     assert window.canvas.slide is window.opened.slide and window.canvas.image_size == (900, 700)
     assert window.windowTitle().startswith("tiled.tif")
     wait_drawn(qtbot, window.canvas)
+
+
+def test_random_pans_and_zooms_end_with_exactly_the_visible_tiles(qtbot, canvas: Canvas) -> None:
+    slide = SyntheticSlide()
+    canvas.set_slide(slide)
+    wait_drawn(qtbot, canvas)
+    layer = canvas.tile_layer
+    rng = np.random.default_rng(7)
+    for step in range(25):
+        canvas.centre_on(float(rng.uniform(0, slide.width)), float(rng.uniform(0, slide.height)))
+        canvas.zoom_to(float(np.exp(rng.uniform(np.log(0.03), np.log(4.0)))))
+        if step % 3 == 0:
+            wait_drawn(qtbot, canvas)
+        else:
+            qtbot.wait(int(rng.integers(0, 60)))  # sometimes moving on before the tiles came
+    wait_drawn(qtbot, canvas)
+    # On screen: the resident coarsest level and the visible tiles of the current level, nothing else.
+    assert layer.shown_tiles() == set(layer.visible_tiles) | set(layer.coarsest_tiles)
+    # Nothing was decoded twice: the cache (512 MB here) kept everything read.
+    assert sum(slide.reads.values()) == sum(layer.requested.values()) - layer.dropped
+    assert len(set(slide.regions)) == len(slide.regions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QWidget
 
 THUMBNAIL_SIDE = 256
@@ -30,6 +30,7 @@ class Minimap(QWidget):
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setToolTip("Overview: click or drag to move the view")
         self._image: QImage | None = None
+        self._pixmap: QPixmap | None = None  # the thumbnail scaled once to the widget, not per paint
         self._slide_size = (0, 0)  # level-0 (width, height)
         self._view = QRectF()
         self.hide()
@@ -49,10 +50,13 @@ class Minimap(QWidget):
         scale = MAX_SIDE / max(slide_width, slide_height, 1)
         self.resize(max(16, round(slide_width * scale)) + 2 * self._MARGIN,
                     max(16, round(slide_height * scale)) + 2 * self._MARGIN)
+        area = self.image_rect().size().toSize()
+        self._pixmap = QPixmap.fromImage(self._image.scaled(
+            area, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation))
         self.update()
 
     def clear(self) -> None:
-        self._image = None
+        self._image = self._pixmap = None
         self._slide_size = (0, 0)
         self.hide()
 
@@ -82,12 +86,11 @@ class Minimap(QWidget):
 
     # Events ---------------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
-        if self._image is None:
+        if self._pixmap is None:
             return
         painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         painter.fillRect(self.rect(), QColor(20, 20, 22, 210))
-        painter.drawImage(self.image_rect(), self._image)
+        painter.drawPixmap(self.image_rect().topLeft(), self._pixmap)
         view = QRectF(self.to_widget(self._view.left(), self._view.top()),
                       self.to_widget(self._view.right(), self._view.bottom())).intersected(self.image_rect())
         if not view.isEmpty():

@@ -27,6 +27,7 @@ from functools import partial
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QRectF, QTimer, Signal
+from PySide6.QtGui import QPainter
 
 from viewer.cache import ByteLRU
 from viewer.errors import InputError
@@ -48,6 +49,18 @@ _MAX_SPARE_ITEMS = 48
 # Stacking inside the layer: the resident coarsest level at the bottom, cached tiles of
 # intermediate levels above it (finer ones higher), tiles of the wanted level on top.
 _Z_BASE, _Z_FALLBACK, _Z_TARGET = 0.0, 1.0, 2.0
+
+
+class TileItem(pg.ImageItem):
+    """One tile on screen. Drawn with smooth (bilinear) sampling while minified: a level is
+    shown at 1 to 2 (or 4) level pixels per screen pixel, and nearest-neighbour sampling there
+    turns nuclei into speckle. Magnified or at 100 % it stays nearest-neighbour, so pixels stay
+    crisp squares and 100 % is pixel-exact."""
+
+    def paint(self, painter: QPainter, *args: object) -> None:
+        minified = abs(painter.deviceTransform().m11()) < 0.99
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, minified)
+        super().paint(painter, *args)
 
 
 def _read_tile(slide: SlideSource, level: int, region: tuple[int, int, int, int]) -> np.ndarray:
@@ -92,9 +105,9 @@ class TileLayer(QObject):
         self._in_flight: set[TileKey] = set()
         self._pending: dict[TileKey, float] = {}  # tile -> when it became visible (monotonic s)
         self._failed: set[TileKey] = set()
-        self._items: dict[TileKey, pg.ImageItem] = {}
+        self._items: dict[TileKey, TileItem] = {}
         self._shown: dict[TileKey, np.ndarray] = {}  # what each item holds (outlives cache eviction)
-        self._spare: list[pg.ImageItem] = []
+        self._spare: list[TileItem] = []
         self._request_timer = QTimer(self, singleShot=True)
         self._request_timer.timeout.connect(self._request_due)
         # Tiles arriving together are drawn in one pass.
@@ -143,9 +156,6 @@ class TileLayer(QObject):
     def is_complete(self) -> bool:
         """Every visible tile of the current level (and the coarsest level) is drawn."""
         return all(key in self._items for key in self._visible + self._coarse)
-
-    def set_cache_limit(self, max_bytes: int) -> None:
-        self.cache.max_bytes = int(max_bytes)
 
     # Slide ----------------------------------------------------------------------------------
     def set_slide(self, slide: SlideSource | None) -> None:
@@ -307,7 +317,7 @@ class TileLayer(QObject):
             return False
         item = self._spare.pop() if self._spare else None
         if item is None:
-            item = pg.ImageItem(axisOrder="row-major")
+            item = TileItem(axisOrder="row-major")
             item.setParentItem(self.root)
         item.setImage(pixels, autoLevels=False, levels=None)
         item.setRect(QRectF(*tile_rect(slide, key)))
