@@ -37,7 +37,8 @@ class SyntheticSlide(SlideSource):
         self.native_levels = tuple(Level(-(-width // d), -(-height // d), float(d)) for d in downsamples)
         self._finish_levels()
         self.broken = set(broken)
-        """(level, column, row) of 512-px tiles whose reads raise ImageError."""
+        """(level, column, row) of file tiles (``tile_size``) that cannot be decoded: any read
+        touching one raises ImageError, as a real reader does."""
         self.gated_levels = set(gated_levels)
         self.gate = threading.Event()
         """Reads of ``gated_levels`` wait until this is set."""
@@ -60,8 +61,12 @@ class SyntheticSlide(SlideSource):
             self.regions.append((level, x, y, w, h))
         if level in self.gated_levels:
             self.gate.wait(30)
-        if (level, x // TILE, y // TILE) in self.broken:
-            raise ImageError(f"tile at level {level}, x {x}, y {y} is corrupt (JPEG data ends early)", self.path)
+        tw, th = self.tile_size
+        for row in range(y // th, (y + h - 1) // th + 1):
+            for column in range(x // tw, (x + w - 1) // tw + 1):
+                if (level, column, row) in self.broken:
+                    problem = f"level {level} tile ({column}, {row}) is corrupt (JPEG data ends early)"
+                    raise ImageError(problem, self.path)
         return self.pattern(level, x, y, w, h)
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:

@@ -180,6 +180,31 @@ def test_a_corrupt_tile_is_drawn_grey_and_reported(qtbot, canvas: Canvas) -> Non
     assert layer.failed_tiles() == {TileKey(0, 9, 7)}
 
 
+def test_one_corrupt_file_tile_greys_out_only_itself(qtbot, canvas: Canvas) -> None:
+    slide = SyntheticSlide(broken={(0, 18, 14)})
+    slide.tile_size = (256, 256)  # display tiles hold 2 x 2 file tiles; the broken one is the top-left of (9, 7)
+    canvas.set_slide(slide)
+    wait_drawn(qtbot, canvas)
+    canvas.centre_on(9.5 * TILE, 7.5 * TILE)
+    with qtbot.waitSignal(canvas.tile_failed, timeout=WAIT_MS) as failed:
+        canvas.zoom_to(1.0)
+    assert "column 9, row 7 of level 0 can be read only in part" in failed.args[0]
+    assert "synthetic.tif" in failed.args[0]
+    wait_drawn(qtbot, canvas)
+    layer = canvas.tile_layer
+    assert layer.damaged_tiles() == {TileKey(0, 9, 7)} and not layer.failed_tiles()
+    assert layer.pixel_at(9 * TILE + 300, 7 * TILE + 300) is None  # no readout from a damaged tile
+    screen = grabbed_rgb(canvas)
+
+    def on_screen(x: float, y: float) -> tuple[int, int, int]:
+        point = canvas.mapFromScene(canvas.view.mapViewToScene(QPointF(x, y)))
+        return tuple(int(v) for v in screen[point.y(), point.x()])
+
+    assert on_screen(9 * TILE + 128, 7 * TILE + 128) == (PLACEHOLDER_GREY,) * 3  # the broken quarter
+    for x, y in ((9 * TILE + 384, 7 * TILE + 128), (9 * TILE + 128, 7 * TILE + 384), (9 * TILE + 384, 7 * TILE + 384)):
+        assert on_screen(x, y) == tuple(int(v) for v in slide.pattern(0, int(x), int(y), 1, 1)[0, 0])
+
+
 def test_a_second_slide_replaces_one_still_loading(qtbot, canvas: Canvas) -> None:
     first = SyntheticSlide(tint=10, gated_levels={0, 1, 2, 3})  # every read waits
     second = SyntheticSlide(tint=250, width=8000, height=6000)

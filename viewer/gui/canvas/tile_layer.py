@@ -15,7 +15,8 @@ tiles live in a byte-bounded LRU cache (:class:`~viewer.cache.ByteLRU`).
 - Tiles are drawn by a small pool of reused ``pg.ImageItem`` objects, one per tile on screen,
   so the scene holds dozens of items, not thousands. Items are placed in level-0 pixels, the
   coordinates every other layer draws in.
-- A tile that cannot be decoded is drawn grey and reported once through :attr:`tile_failed`.
+- A tile that cannot be decoded is drawn grey and reported once through :attr:`tile_failed`;
+  when it spans several tiles of the file, the readable ones are still shown.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from PySide6.QtCore import QObject, QRectF, QTimer, Signal
 from PySide6.QtGui import QPainter
 
 from viewer.cache import ByteLRU
-from viewer.errors import InputError
+from viewer.errors import ImageError, InputError
 from viewer.gui.canvas.tile_grid import (
     TileKey, all_tiles, coarsest_level, covering_tiles, grid_size, level_for_view, tile_rect, tile_region,
     tiles_in_rect,
@@ -63,19 +64,50 @@ class TileItem(pg.ImageItem):
         super().paint(painter, *args)
 
 
-def _read_tile(slide: SlideSource, level: int, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Worker thread: decode one tile. The array is made read-only because the cache shares it."""
-    pixels = slide.read_region(level, *region)
+def _read_tile(slide: SlideSource, level: int, region: tuple[int, int, int, int]
+               ) -> tuple[np.ndarray, ImageError | None]:
+    """Worker thread: decode one display tile; returns it with the error of any part that could
+    not be decoded (drawn grey). Raises when nothing of it could be read. The array is made
+    read-only because the cache shares it."""
+    try:
+        pixels, problem = slide.read_region(level, *region), None
+    except ImageError as exc:
+        pixels, problem = _salvage(slide, level, region, exc), exc
     pixels.setflags(write=False)
-    return pixels
+    return pixels, problem
 
 
-def _failure_text(slide: SlideSource, key: TileKey, exc: BaseException) -> str:
+def _salvage(slide: SlideSource, level: int, region: tuple[int, int, int, int], error: ImageError) -> np.ndarray:
+    """Read a display tile file tile by file tile, so one corrupt file tile greys out only itself
+    and not the (up to 3) good ones sharing its display tile. Re-raises ``error`` if none reads."""
+    x, y, w, h = region
+    fw, fh = slide.tile_size
+    if slide.levels[level].virtual or (w <= fw and h <= fh):
+        raise error  # one file tile (or a built level): nothing to save
+    out = np.full((h, w, 3), PLACEHOLDER_GREY, np.uint8)
+    readable = False
+    for py in range(0, h, fh):
+        for px in range(0, w, fw):
+            pw, ph = min(fw, w - px), min(fh, h - py)
+            try:
+                out[py : py + ph, px : px + pw] = slide.read_region(level, x + px, y + py, pw, ph)
+                readable = True
+            except ImageError:
+                pass
+    if not readable:
+        raise error
+    return out
+
+
+def _failure_text(slide: SlideSource, key: TileKey, exc: BaseException, partly: bool = False) -> str:
     where = f"Tile column {key.column}, row {key.row} of level {key.level}"
+    if partly:
+        return f"{where} can be read only in part; the rest is shown grey: {exc}"
     if isinstance(exc, InputError):  # names the file already
         return f"{where} cannot be read and is shown grey: {exc}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{where} of {slide.name} cannot be read and is shown grey: {type(exc).__name__}{': ' + first if first else ''}"
+    reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return f"{where} of {slide.name} cannot be read and is shown grey: {reason}"
 
 
 class TileLayer(QObject):
@@ -84,7 +116,7 @@ class TileLayer(QObject):
     tile_failed = Signal(str)
     """One line saying which tile could not be decoded."""
     tiles_changed = Signal()
-    """New tiles were drawn (or a slide was set): for the minimap, tests and scripts."""
+    """New tiles were drawn (or a slide was set): for tests and scripts that wait for the picture."""
 
     def __init__(self, loader: TileLoader, cache_bytes: int = DEFAULT_CACHE_BYTES,
                  parent: QObject | None = None) -> None:
@@ -104,7 +136,8 @@ class TileLayer(QObject):
         self._wanted: frozenset[tuple[int, TileKey]] = frozenset()  # read by worker threads
         self._in_flight: set[TileKey] = set()
         self._pending: dict[TileKey, float] = {}  # tile -> when it became visible (monotonic s)
-        self._failed: set[TileKey] = set()
+        self._failed: set[TileKey] = set()  # nothing readable: drawn as a grey square
+        self._damaged: set[TileKey] = set()  # partly grey: no colour readout from them
         self._items: dict[TileKey, TileItem] = {}
         self._shown: dict[TileKey, np.ndarray] = {}  # what each item holds (outlives cache eviction)
         self._spare: list[TileItem] = []
@@ -147,7 +180,12 @@ class TileLayer(QObject):
         return set(self._items)
 
     def failed_tiles(self) -> set[TileKey]:
+        """Tiles drawn as grey squares: nothing of them could be decoded."""
         return set(self._failed)
+
+    def damaged_tiles(self) -> set[TileKey]:
+        """Tiles of which some file tiles could not be decoded (those parts are grey)."""
+        return set(self._damaged)
 
     def is_idle(self) -> bool:
         """Nothing waiting to be requested, being read, or waiting to be drawn."""
@@ -168,6 +206,7 @@ class TileLayer(QObject):
         self._in_flight.clear()
         self._pending.clear()
         self._failed.clear()
+        self._damaged.clear()
         self._visible = []
         self._request_timer.stop()
         for key in list(self._items):
@@ -212,7 +251,7 @@ class TileLayer(QObject):
             return None
         tw, th = grid_size(slide, 0)
         key = TileKey(0, int(x) // tw, int(y) // th)
-        if key in self._failed:
+        if key in self._failed or key in self._damaged:
             return None
         pixels = self._shown.get(key)
         if pixels is None:
@@ -251,7 +290,8 @@ class TileLayer(QObject):
             self._in_flight.add(key)
             self.requested[key.level] += 1
 
-    def _on_tile(self, job: ReadJob, pixels: np.ndarray | None, error: BaseException | None, dropped: bool) -> None:
+    def _on_tile(self, job: ReadJob, result: tuple[np.ndarray, ImageError | None] | None,
+                 error: BaseException | None, dropped: bool) -> None:
         if job.generation != self._generation:
             return  # a tile of the slide shown before: ignored
         key: TileKey = job.key
@@ -267,6 +307,10 @@ class TileLayer(QObject):
             self._failed.add(key)
             self.tile_failed.emit(_failure_text(self._slide, key, error))
         else:
+            pixels, problem = result
+            if problem is not None:
+                self._damaged.add(key)
+                self.tile_failed.emit(_failure_text(self._slide, key, problem, partly=True))
             self.cache.put(key, pixels, pin=key.level == coarsest_level(self._slide))
         # Draw it now, before later arrivals could evict it from a small cache; the coalesced
         # redraw then retires the stand-ins it replaces.
