@@ -109,7 +109,8 @@ def test_no_scale_bar_without_a_pixel_size(qtbot, canvas: Canvas) -> None:
 def test_view_menu_toggles_are_remembered(qtbot, make_window) -> None:
     window = make_window()
     assert window.show_overview_action.isChecked() and window.show_scale_bar_action.isChecked()
-    view_menu_texts = [a.text() for a in window.menuBar().actions()[1].menu().actions()]
+    view_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&View")
+    view_menu_texts = [a.text() for a in view_menu.actions()]
     assert "&Overview" in view_menu_texts and "Scale &Bar" in view_menu_texts
     window.show_overview_action.trigger()
     window.show_scale_bar_action.trigger()
