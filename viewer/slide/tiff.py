@@ -103,7 +103,7 @@ class TiffSlide(SlideSource):
         self.tile_size = (int(chunks[1]), int(chunks[0])) if first.is_tiled else (w0, min(int(first.rowsperstrip or h0), h0))
         self.properties = _properties(tif, first)
         self.mpp = checked_mpp(_mpp(tif, first, self.notes), self.notes)
-        self._associated = _associated_series(tif, path, self.notes)
+        self._associated = _associated_series(tif, self.notes)
         others = len(tif.series) - 1 - len(self._associated)
         if others > 0:
             self.notes.append(f"file holds {others + 1} image series; showing the first")
@@ -198,7 +198,8 @@ class TiffSlide(SlideSource):
             self._closed = True
         for reader in self._readers:
             reader.close()
-        self._tif.close()
+        with self._tif.filehandle.lock:  # let a read in progress finish its seek and read first
+            self._tif.close()
 
 
 # --------------------------------------------------------------------------- which TIFFs
@@ -261,49 +262,57 @@ def _samples(series) -> int:
 
 
 def _level_reader(path: Path, index: int, series, file_size: int, limit: int):
-    """Check one level's header against the file and return the reader for its pixels."""
-    page = series.pages[0] if len(series.pages) else None
-    if page is None or len(series.pages) != 1:
+    """Check one level's header against the file (no pixel is read) and return its reader."""
+    page, kf = series.pages[0] if len(series.pages) == 1 else None, series.keyframe
+    if page is None or kf is None:
         raise NotThisBackend("try-openslide")
-    height, width = int(series.shape[0]), int(series.shape[1])
-    samples = _samples(series)
+    height, width, samples = int(series.shape[0]), int(series.shape[1]), _samples(series)
     where = "the full-resolution level (level 0)" if index == 0 else f"pyramid level {index}"
     if width <= 0 or height <= 0:
         raise ImageError(f"declares an empty image ({width}x{height} px) in {where}", path)
     if width * height > MAX_DECLARED_PIXELS:
-        raise ImageError(
-            f"declares an absurd size of {width}x{height} px for {where}; its header is damaged", path
-        )
-    raw = width * height * samples
+        raise ImageError(f"declares an absurd size of {width}x{height} px for {where}; its header is damaged", path)
     offsets = [int(o) for o in page.dataoffsets]
-    counts = [int(c) for c in page.databytecounts]
-    if page.compression == _COMPRESSION_NONE and page.is_contiguous and page.is_final and offsets and offsets[0] > 0:
-        if offsets[0] + raw > file_size:
+    if kf.compression == _COMPRESSION_NONE and page.is_contiguous and kf.is_final and offsets and offsets[0] > 0:
+        needed = width * height * samples
+        if offsets[0] + needed > file_size:
             raise ImageError(
-                f"is truncated: {where} ({width}x{height} px) needs {raw} bytes of pixel data "
+                f"is truncated: {where} ({width}x{height} px) needs {needed} bytes of pixel data "
                 f"but the file ends {max(0, file_size - offsets[0])} bytes after it starts",
                 path,
             )
         return _RowReader(page.parent.filehandle, offsets[0], width, height, samples)
+    missing, unit = _check_chunks(path, where, page, kf, width, height, samples, file_size, limit)
+    return _ZarrReader(series, width, height, samples, missing=missing, unit=unit)
 
-    expected = int(np.prod(page.chunked, dtype=np.int64))
-    chunk_shape = tuple(int(n) for n in page.chunks)
-    chunk_px = chunk_shape[0] * chunk_shape[1]
+
+def _check_chunks(path: Path, where: str, page, kf, width: int, height: int, samples: int, file_size: int, limit: int) -> tuple[int, str]:
+    """Refuse a tiled or striped level whose tile table cannot be right; return how many of its
+    tiles (or strips) are missing, and which of the two it has."""
+    offsets = [int(o) for o in page.dataoffsets]
+    counts = [int(c) for c in page.databytecounts]
+    expected = int(np.prod(kf.chunked, dtype=np.int64))
+    chunk_h, chunk_w = (int(n) for n in kf.chunks[:2])
+    chunk_px = chunk_h * chunk_w
+    unit = "tiles" if kf.is_tiled else "strips"
+    per_row = int(kf.chunked[1]) if kf.is_tiled and len(kf.chunked) > 1 else 1
+    if len(offsets) < expected - per_row:  # some writers leave out the last row of tiles, no more
+        raise ImageError(
+            f"declares {width}x{height} px for {where}, which needs {expected} {unit}, but lists only "
+            f"{len(offsets)}; its header is damaged",
+            path,
+        )
     present = [(i, o, c) for i, (o, c) in enumerate(zip(offsets[:expected], counts[:expected])) if o > 0 and c > 0]
-    unit = "tiles" if page.is_tiled else "strips"
     if not present:
         raise ImageError(f"has no image data for {where}: all its {expected} {unit} are missing", path)
     beyond = sum(1 for _, o, c in present if o + c > file_size)
     if beyond:
-        raise ImageError(
-            f"is truncated: {beyond} of the {expected} {unit} of {where} lie past the end of the file", path
-        )
+        raise ImageError(f"is truncated: {beyond} of the {expected} {unit} of {where} lie past the end of the file", path)
     stored = sum(c for _, _, c in present)
-    if page.compression == _COMPRESSION_NONE:
-        rows = chunk_shape[0]
+    if kf.compression == _COMPRESSION_NONE:
         for i, _, count in present:
-            needed = chunk_px * samples if page.is_tiled else min(rows, height - i * rows) * width * samples
-            if count < needed:
+            rows = chunk_h if kf.is_tiled else min(chunk_h, height - i * chunk_h)
+            if count < rows * chunk_w * samples:
                 raise ImageError(f"is truncated or damaged: {unit} of {where} hold fewer bytes than their pixels need", path)
     elif len(present) * chunk_px * samples > stored * MAX_COMPRESSION_RATIO:
         raise ImageError(
@@ -311,19 +320,19 @@ def _level_reader(path: Path, index: int, series, file_size: int, limit: int):
             "its header is damaged",
             path,
         )
-    if chunk_px > limit:
-        if chunk_shape[0] >= height and chunk_shape[1] >= width:
+    if chunk_px > limit:  # every read decodes at least one whole tile or strip
+        if chunk_h >= height and chunk_w >= width:
             raise ImageError(
                 f"is {width}x{height} px ({_pixels_text(width * height)}), above the limit of "
                 f"{_pixels_text(limit)}; raise HISTOVIEWER_MAX_PIXELS to open it",
                 path,
             )
         raise ImageError(
-            f"stores {where} in {unit} of {chunk_shape[1]}x{chunk_shape[0]} px ({_pixels_text(chunk_px)} each), "
-            f"above the limit of {_pixels_text(limit)} decoded at once; raise HISTOVIEWER_MAX_PIXELS to open it",
+            f"stores {where} in {unit} of {chunk_w}x{chunk_h} px ({_pixels_text(chunk_px)} each), above the "
+            f"limit of {_pixels_text(limit)} decoded at once; raise HISTOVIEWER_MAX_PIXELS to open it",
             path,
         )
-    return _ZarrReader(series, width, height, samples, missing=expected - len(present), unit=unit)
+    return expected - len(present), unit
 
 
 class _ZarrReader:
@@ -341,6 +350,9 @@ class _ZarrReader:
         self._store = None
         self._lock = threading.Lock()
         series.keyframe.parent.filehandle.set_lock(True)
+        # tifffile builds a page's decoder on first use and, for JPEG, peeks at the file without
+        # its lock while doing so: build it now, while only the opening thread uses the file.
+        series.keyframe.init_decode()
 
     def _zarr(self):
         with self._lock:
@@ -408,7 +420,7 @@ def _to_rgb(block: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- metadata
 
 
-def _associated_series(tif, path: Path, notes: list[str]) -> dict:
+def _associated_series(tif, notes: list[str]) -> dict:
     """``{name: series}`` of the thumbnail, label and macro images that can be decoded safely."""
     found: dict = {}
     size = tif.filehandle.size
@@ -421,6 +433,11 @@ def _associated_series(tif, path: Path, notes: list[str]) -> dict:
         extents = list(zip(page.dataoffsets, page.databytecounts)) if page is not None else []
         if not 0 < pixels <= MAX_ASSOCIATED_PIXELS or not extents or any(o <= 0 or c <= 0 or o + c > size for o, c in extents):
             notes.append(f"the {name} image is damaged or too large and is not offered")
+            continue
+        try:
+            page.init_decode()  # as for the levels: not lazily, from a reading thread
+        except Exception:
+            notes.append(f"the {name} image cannot be decoded and is not offered")
             continue
         found[name] = series
     return found
