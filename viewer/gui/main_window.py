@@ -31,6 +31,7 @@ from viewer.gui.document_controller import DocumentController
 from viewer.gui.export_controller import ExportController
 from viewer.gui.heatmap_controller import HeatmapController
 from viewer.gui.heatmap_layer import HeatmapLayer
+from viewer.gui.tissue_layer import TissueLayer
 from viewer.gui.layers import LayerState
 from viewer.gui.layers_panel import LayersPanel
 from viewer.gui.model_controller import ModelController
@@ -38,7 +39,6 @@ from viewer.gui.placeholder import Placeholder
 from viewer.gui.settings import Settings
 from viewer.gui.status import StatusBar
 from viewer.gui.worker import ensure_thread_capacity, wait_for_workers
-from viewer.heatmap import pixel_to_cell
 from viewer.slide import IMAGE_SUFFIXES
 
 APP_NAME = "HistoViewer"
@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
 
         self.canvas = Canvas(tile_cache_bytes=self.settings.tile_cache_bytes())
         self.heatmap_layer = HeatmapLayer(self.canvas)
+        self.tissue_layer = TissueLayer(self.canvas)
         self.annotation_layer = AnnotationLayer(self.canvas)
         self.placeholder = Placeholder()
         self.stack = QStackedWidget()
@@ -181,6 +182,10 @@ class MainWindow(QMainWindow):
         a.show_image.toggled.connect(lambda on: self._change_layers(show_image=on))
         a.show_annotations.toggled.connect(lambda on: self._change_layers(show_annotations=on))
         a.show_heatmap.toggled.connect(lambda on: self._change_layers(show_heatmap=on))
+        a.show_tissue.toggled.connect(lambda on: self._change_layers(show_tissue=on))
+        a.smooth_heatmap.toggled.connect(lambda on: self._change_layers(smooth=on))
+        a.overview_max.toggled.connect(lambda on: self._change_layers(overview_max=on))
+        a.run_visible.triggered.connect(heatmaps.run_visible)
         a.run_heatmap.triggered.connect(self.run_heatmap)
         a.cancel_heatmap.triggered.connect(heatmaps.cancel)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
@@ -201,6 +206,7 @@ class MainWindow(QMainWindow):
         documents.open_failed.connect(self.open_failed)
         self.model_controller.ready.connect(self.model_ready)
         heatmaps.changed.connect(self.agreement_controller.update)
+        heatmaps.changed.connect(self._show_tissue_mask)
         heatmaps.finished.connect(self.heatmap_finished)
         exports.exported.connect(self.exported)
         exports.export_failed.connect(self.export_failed)
@@ -273,15 +279,26 @@ class MainWindow(QMainWindow):
     def _apply_layers(self, state: LayerState, save: bool = True) -> None:
         self.canvas.image_item.setVisible(state.show_image)
         self.annotation_layer.set_visibility(state.show_annotations, state.hidden_classes)
-        self.heatmap_layer.set_style(colormap_lut(state.colormap), state.threshold, state.opacity, state.show_heatmap)
+        self.heatmap_layer.set_style(colormap_lut(state.colormap), state.threshold, state.opacity, state.show_heatmap,
+                                     smooth=state.smooth, coarse="max" if state.overview_max else "mean")
+        self.tissue_layer.set_visible(state.show_tissue)
         for action, on in ((self.actions.show_image, state.show_image),
                            (self.actions.show_annotations, state.show_annotations),
-                           (self.actions.show_heatmap, state.show_heatmap)):
+                           (self.actions.show_heatmap, state.show_heatmap),
+                           (self.actions.show_tissue, state.show_tissue),
+                           (self.actions.smooth_heatmap, state.smooth),
+                           (self.actions.overview_max, state.overview_max)):
             action.blockSignals(True)
             action.setChecked(on)
             action.blockSignals(False)
         if save:
             self.settings.save_layer_values(state.to_settings())
+
+    def _show_tissue_mask(self) -> None:
+        mask = self.heatmap_controller.tissue
+        if mask is not self.tissue_layer.mask:
+            self.tissue_layer.set_mask(mask)
+            self.tissue_layer.set_visible(self.layers_panel.state.show_tissue)
 
     def _show_cursor(self, x: float, y: float) -> None:
         if self.document.opened is None:
@@ -293,10 +310,7 @@ class MainWindow(QMainWindow):
             return
         # Only from a decoded full-resolution tile: a read here could stall the window on a decode.
         rgb = self.canvas.tile_layer.pixel_at(col, row)
-        heatmap, probability = self.heatmap_controller.heatmap, None
-        if heatmap is not None:
-            cell = pixel_to_cell(x, y, heatmap.shape, self.heatmap_controller.stride)
-            probability = None if cell is None else float(heatmap[cell])
+        probability = self.heatmap_layer.probability_at(x, y)
         self.status.show_cursor(col, row, rgb, probability)
 
     # Drag and drop --------------------------------------------------------------------------

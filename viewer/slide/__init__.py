@@ -51,7 +51,10 @@ def open_slide(path: str | Path, *, max_pixels: int | None = None, backend: str 
         raise ValueError(f"max_pixels must be positive, not {max_pixels!r}")
     head = read_head(path)
     if backend is not None:
-        return _open_with(backend, path, head, max_pixels)
+        try:
+            return _open_with(backend, path, head, max_pixels)
+        except NotThisBackend:
+            raise ImageError(f"cannot be read by the {backend} reader (not a file of that kind)", path) from None
     if head.startswith(_PLAIN_MAGIC):
         return _open_with("plain", path, head, max_pixels)
     if head.startswith(_TIFF_MAGIC):
