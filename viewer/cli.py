@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from viewer import __version__
 from viewer.errors import InputError
 
-COMMANDS = ("prepare", "train", "evaluate", "heatmap", "export", "info")
+COMMANDS = ("prepare", "train", "evaluate", "heatmap", "export", "info", "export-geojson")
 """Headless subcommands, in the order of the paper's pipeline."""
 
 PROG = "histoviewer"
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"viewer.commands.{name}")
+        module = importlib.import_module(f"viewer.commands.{name.replace('-', '_')}")
         module.register(subparsers)
     for sub in subparsers.choices.values():
         _add_debug_option(sub)

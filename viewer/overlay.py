@@ -1,29 +1,38 @@
-"""Composite figures: image + heatmap + annotation markers (+ legend), at full resolution.
+"""Drawing the overlay: image + heatmap + annotation markers (+ legend), at any output scale.
 
-:func:`compose` is the one exporter: the CLI's ``export`` command and the GUI's Export Overlay
-both call it with the same :class:`OverlayStyle`, so their pixels are identical. Qt-free.
+One painter, two callers: :func:`compose` paints an image held in memory at full resolution,
+and :mod:`viewer.export.render` paints blocks of a slide read at a downsample. Both go through
+:func:`paint_layers` with an :class:`OutputFrame` saying where the output pixels lie on the
+slide, so a figure of a small image and a tile of a whole-slide export follow the same rules
+(and the CLI's ``export`` and the GUI's Export Overlay, which both call them, agree). Qt-free.
 
 Heatmap drawing follows :mod:`viewer.heatmap` geometry exactly: cell ``(r, c)`` is a
-``stride`` x ``stride`` square centred on its window centre ``(stride*c + 16, stride*r + 16)``;
-an image pixel takes the colour of the cell whose square contains the pixel's centre
-(nearest neighbour). Pixels outside the covered band, cells that are NaN (not computed yet) and
-cells below ``threshold`` are left untouched (transparent). Colour index is ``rint(p * 255)``
-into the colormap's 256-entry table, as in the GUI.
+``stride*scale`` square of level-0 pixels centred on its window centre; an output pixel takes
+the colour of the cell whose square contains the pixel's centre (nearest neighbour,
+:func:`viewer.heatmap.data.cells_under_pixels`). With ``smooth`` the colour is interpolated
+bilinearly between cell centres instead, over the same covered area. Pixels outside the
+covered band, cells that are NaN (not computed, or background) and cells below ``threshold``
+are left untouched (transparent). Colour index is ``rint(p * 255)`` into the colormap's
+256-entry table, as in the GUI.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from viewer import DEFAULT_STRIDE
 from viewer.colormaps import COLORMAPS, DEFAULT_COLORMAP, colormap_lut, colour_index
 from viewer.errors import OutputError
-from viewer.heatmap import heatmap_shape, pixel_cell_index
+from viewer.heatmap import heatmap_shape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from viewer.heatmap.data import HeatmapData
 
 OVERLAY_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 """Output types :func:`save_overlay` writes, by file suffix."""
@@ -41,8 +50,9 @@ class OverlayStyle:
 
     ``opacity``: heatmap alpha in [0, 1]. ``threshold``: cells with ``p < threshold`` are not
     drawn. ``visible_classes``: annotation classes to draw (``None`` = all).
-    ``marker_radius``: ring radius in image pixels. ``legend``: add a legend panel (see
-    :func:`compose`). ``stride``: the heatmap's stride in pixels.
+    ``marker_radius``: ring radius in output pixels. ``legend``: add a legend panel (see
+    :func:`compose`). ``stride``: the stride of a heatmap given as a plain array (a
+    :class:`~viewer.heatmap.data.HeatmapData` carries its own grid).
     """
 
     show_heatmap: bool = True
@@ -54,6 +64,8 @@ class OverlayStyle:
     marker_radius: int = 10
     legend: bool = False
     stride: int = DEFAULT_STRIDE
+    smooth: bool = False
+    """Interpolate the heatmap bilinearly between cell centres instead of drawing cell squares."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.opacity) <= 1.0:
@@ -104,34 +116,134 @@ def annotation_points(annotations: Any, width: int, height: int, visible: Sequen
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the output lies on the slide
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputFrame:
+    """An output image placed on the slide: output pixel ``(i, j)`` (row, column) covers level-0
+    ``[x + j*d, x + (j+1)*d) x [y + i*d, y + (i+1)*d)`` with ``d = downsample``."""
+
+    x: float
+    y: float
+    downsample: float
+    width: int
+    height: int
+
+    @classmethod
+    def for_region(cls, region: tuple[int, int, int, int], downsample: float = 1.0) -> OutputFrame:
+        """The frame showing the level-0 rectangle ``(x, y, w, h)`` at ``downsample``: the output is
+        ``round(w / d)`` x ``round(h / d)`` px (at least 1), so a whole image at 1 keeps its size."""
+        x, y, w, h = region
+        d = float(downsample)
+        if not (math.isfinite(d) and d > 0):
+            raise ValueError(f"downsample must be a positive number, got {downsample}")
+        return cls(float(x), float(y), d, max(1, round(w / d)), max(1, round(h / d)))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in output pixels."""
+        return self.width, self.height
+
+    def level0_box(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)``: the level-0 area the whole output covers."""
+        d = self.downsample
+        return self.x, self.y, self.x + self.width * d, self.y + self.height * d
+
+    def reduced(self, factor: int) -> OutputFrame:
+        """The same area ``factor`` times coarser (a pyramid level): size rounded up, so the
+        level still covers every pixel of the frame it reduces."""
+        return OutputFrame(self.x, self.y, self.downsample * factor, -(-self.width // factor), -(-self.height // factor))
+
+    def to_output(self, points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Level-0 points ``{class: (N, 2) x, y}`` in output pixel coordinates, sorted by y (so a
+        block finds its markers by bisection instead of scanning every point)."""
+        d = self.downsample
+        out = {}
+        for name, pts in points.items():
+            # At frame (0, 0, 1) this is exact (x - 0) / 1 == x: the same floats compose always drew.
+            pts = (np.asarray(pts, dtype=np.float64).reshape(-1, 2) - (self.x, self.y)) / d
+            out[name] = pts[np.argsort(pts[:, 1], kind="stable")]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------
 
 
-def blend_heatmap(out: np.ndarray, heatmap: np.ndarray, style: OverlayStyle) -> None:
-    """Blend ``heatmap`` into the RGB image ``out`` in place (geometry as in the module doc)."""
-    height, width = out.shape[:2]
-    expected = heatmap_shape(height, width, style.stride)
-    if heatmap.shape != expected:
-        raise ValueError(
-            f"heatmap shape {heatmap.shape} does not fit a {width}x{height} image at stride {style.stride} "
-            f"(expected {expected})"
-        )
-    if heatmap.size == 0 or style.opacity == 0:
-        return
-    row_of = pixel_cell_index(height, expected[0], style.stride)
-    col_of = pixel_cell_index(width, expected[1], style.stride)
-    ys = np.flatnonzero(row_of >= 0)
-    xs = np.flatnonzero(col_of >= 0)
+def heatmap_values(
+    heatmap: HeatmapData, frame: OutputFrame, block: tuple[int, int, int, int], smooth: bool = False,
+) -> np.ndarray | None:
+    """The probability drawn over each pixel of an output block ``(ox, oy, w, h)``, as float32
+    ``(h, w)`` with NaN where nothing is drawn; ``None`` when the block misses the heatmap.
+
+    Reads only the cells under the block (plus one ring for ``smooth``), so a block of a
+    whole-slide store costs a block's worth of cells.
+    """
+    from viewer.heatmap.data import cell_positions, cells_under_pixels
+
+    ox, oy, w, h = block
+    grid, d = heatmap.grid, frame.downsample
+    x0, y0 = frame.x + ox * d, frame.y + oy * d
+    rows = cells_under_pixels(grid, y0, h, d, axis=0)
+    cols = cells_under_pixels(grid, x0, w, d, axis=1)
+    ys, xs = np.flatnonzero(rows >= 0), np.flatnonzero(cols >= 0)
     if not len(ys) or not len(xs):
+        return None
+    py0, py1, px0, px1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1  # indices grow with position
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    if not smooth:
+        r0, c0 = rows[py0], cols[px0]
+        cells = heatmap.read(slice(r0, rows[py1 - 1] + 1), slice(c0, cols[px1 - 1] + 1))
+        out[py0:py1, px0:px1] = cells[np.ix_(rows[py0:py1] - r0, cols[px0:px1] - c0)]
+        return out
+    n_rows, n_cols = grid.shape
+    fr = cell_positions(grid, y0, h, d, axis=0)[py0:py1]
+    fc = cell_positions(grid, x0, w, d, axis=1)[px0:px1]
+    # Both neighbours of every pixel, clamped at the outer cells (their squares reach half a
+    # stride beyond the outermost centres, where the value stays that of the outer cell).
+    fr_floor, fc_floor = np.floor(fr), np.floor(fc)
+    r_lo = np.clip(fr_floor, 0, n_rows - 1).astype(np.int64)
+    r_hi = np.clip(fr_floor + 1, 0, n_rows - 1).astype(np.int64)
+    c_lo = np.clip(fc_floor, 0, n_cols - 1).astype(np.int64)
+    c_hi = np.clip(fc_floor + 1, 0, n_cols - 1).astype(np.int64)
+    ty = (fr - fr_floor).astype(np.float32)[:, None]
+    tx = (fc - fc_floor).astype(np.float32)[None, :]
+    rs, cs = int(r_lo.min()), int(c_lo.min())
+    cells = heatmap.read(slice(rs, int(r_hi.max()) + 1), slice(cs, int(c_hi.max()) + 1))
+    r_lo, r_hi, c_lo, c_hi = r_lo - rs, r_hi - rs, c_lo - cs, c_hi - cs
+    total = np.zeros((py1 - py0, px1 - px0), np.float32)
+    weight = np.zeros_like(total)
+    for r_idx, wy in ((r_lo, 1 - ty), (r_hi, ty)):
+        for c_idx, wx in ((c_lo, 1 - tx), (c_hi, tx)):
+            v = cells[np.ix_(r_idx, c_idx)]
+            finite = np.isfinite(v)
+            wgt = np.where(finite, wy * wx, np.float32(0))
+            total += np.where(finite, v, np.float32(0)) * wgt
+            weight += wgt
+    # NaN cells stay transparent: only pixels whose nearest cell has a value are drawn, and the
+    # interpolation uses the neighbours that have one.
+    nearest = cells[np.ix_(rows[py0:py1] - rs, cols[px0:px1] - cs)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(np.isfinite(nearest) & (weight > 0), total / weight, np.float32(np.nan))
+    out[py0:py1, px0:px1] = value
+    return out
+
+
+def blend_values(out: np.ndarray, values: np.ndarray, style: OverlayStyle) -> None:
+    """Blend probabilities ``values`` ((h, w), NaN = transparent) into RGB ``out`` in place."""
+    if style.opacity == 0:
         return
-    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-    probs = np.asarray(heatmap)[np.ix_(row_of[y0:y1], col_of[x0:x1])]
-    finite = np.isfinite(probs)
-    show = finite & (np.where(finite, probs, 0.0) >= style.threshold)
+    finite = np.isfinite(values)
+    show = finite & (np.where(finite, values, 0.0) >= style.threshold)
     if not show.any():
         return
-    colours = colormap_lut(style.colormap)[colour_index(probs)]
+    ys, xs = np.nonzero(show.any(axis=1))[0], np.nonzero(show.any(axis=0))[0]
+    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    show = show[y0:y1, x0:x1]
+    colours = colormap_lut(style.colormap)[colour_index(values[y0:y1, x0:x1])]
     block = out[y0:y1, x0:x1]
     alpha = np.float32(style.opacity)
     under = block[show].astype(np.float32)
@@ -139,13 +251,41 @@ def blend_heatmap(out: np.ndarray, heatmap: np.ndarray, style: OverlayStyle) -> 
     block[show] = np.clip(np.rint(under + (over - under) * alpha), 0, 255).astype(np.uint8)
 
 
-def draw_markers(out: np.ndarray, points: Mapping[str, np.ndarray], radius: int) -> None:
+def blend_heatmap(out: np.ndarray, heatmap: np.ndarray, style: OverlayStyle) -> None:
+    """Blend a full-resolution image's ``heatmap`` array into ``out`` in place (see :func:`compose`)."""
+    height, width = out.shape[:2]
+    data = image_heatmap(heatmap, width, height, style.stride)
+    values = heatmap_values(data, OutputFrame(0.0, 0.0, 1.0, width, height), (0, 0, width, height), style.smooth)
+    if values is not None:
+        blend_values(out, values, style)
+
+
+def image_heatmap(heatmap: np.ndarray, width: int, height: int, stride: int) -> HeatmapData:
+    """A plain image's heatmap array as :class:`~viewer.heatmap.data.HeatmapData` (origin 0,
+    scale 1); refuses an array that does not fit the image at ``stride``."""
+    from viewer.heatmap.analysis import AnalysisGrid
+    from viewer.heatmap.data import ArrayHeatmap
+
+    heatmap = np.asarray(heatmap)
+    expected = heatmap_shape(height, width, stride)
+    if heatmap.shape != expected:
+        raise ValueError(
+            f"heatmap shape {heatmap.shape} does not fit a {width}x{height} image at stride {stride} "
+            f"(expected {expected})"
+        )
+    return ArrayHeatmap(heatmap, AnalysisGrid((0, 0), 1.0, int(width), int(height), int(stride)))
+
+
+def draw_markers(out: np.ndarray, points: Mapping[str, np.ndarray], radius: int, offset: tuple[int, int] = (0, 0)) -> None:
     """Draw a ring of radius ``radius`` px around each point, in its class colour, in place.
 
-    Rings are 2 px wide (pixel centres within 1 px of the circle) with a 1 px dark edge on each
-    side; all edges are drawn before any colour so neighbouring markers stay readable.
+    ``points`` are in output pixel coordinates; ``out`` is the block of the output whose
+    top-left pixel is ``offset`` (x, y). Rings are 2 px wide (pixel centres within 1 px of the
+    circle) with a 1 px dark edge on each side; all edges are drawn before any colour so
+    neighbouring markers stay readable.
     """
     height, width = out.shape[:2]
+    ox, oy = int(offset[0]), int(offset[1])
     r = float(radius)
     span = np.arange(-int(radius) - 3, int(radius) + 4)
     jobs = []
@@ -157,20 +297,60 @@ def draw_markers(out: np.ndarray, points: Mapping[str, np.ndarray], radius: int)
             cx, cy = int(np.floor(x)), int(np.floor(y))
             ys = cy + span
             xs = cx + span
-            yk = (ys >= 0) & (ys < height)
-            xk = (xs >= 0) & (xs < width)
+            yk = (ys >= oy) & (ys < oy + height)
+            xk = (xs >= ox) & (xs < ox + width)
             if not yk.any() or not xk.any():
                 continue
             ys, xs = ys[yk], xs[xk]
+            # Distances from whole output coordinates, so a block gives the pixels the whole would.
             dist = np.hypot((xs[None, :] + 0.5) - x, (ys[:, None] + 0.5) - y)
             off = np.abs(dist - r)
-            jobs.append((ys[0], xs[0], off <= 1.0, (off > 1.0) & (off <= 2.0), colour))
+            jobs.append((ys[0] - oy, xs[0] - ox, off <= 1.0, (off > 1.0) & (off <= 2.0), colour))
     for y0, x0, _ring, edge, _colour in jobs:
         block = out[y0 : y0 + edge.shape[0], x0 : x0 + edge.shape[1]]
         block[edge] = MARKER_OUTLINE
     for y0, x0, ring, _edge, colour in jobs:
         block = out[y0 : y0 + ring.shape[0], x0 : x0 + ring.shape[1]]
         block[ring] = colour
+
+
+def markers_near(points: Mapping[str, np.ndarray], block: tuple[int, int, int, int], radius: int) -> dict[str, np.ndarray]:
+    """The points (output coordinates, sorted by y as :meth:`OutputFrame.to_output` gives them)
+    whose ring can touch the block ``(ox, oy, w, h)``, in their original order."""
+    ox, oy, w, h = block
+    reach = int(radius) + 4
+    near = {}
+    for name, pts in points.items():
+        lo, hi = np.searchsorted(pts[:, 1], [oy - reach, oy + h + reach])
+        sub = pts[lo:hi]
+        keep = (sub[:, 0] >= ox - reach) & (sub[:, 0] < ox + w + reach)
+        if keep.any():
+            near[name] = sub[keep]
+    return near
+
+
+def paint_layers(
+    out: np.ndarray,
+    frame: OutputFrame,
+    offset: tuple[int, int],
+    heatmap: HeatmapData | None,
+    markers: Mapping[str, np.ndarray],
+    style: OverlayStyle,
+) -> None:
+    """Paint the heatmap and the markers onto ``out``, the block of ``frame``'s output whose
+    top-left pixel is ``offset``, in place.
+
+    ``markers``: output-pixel points from :meth:`OutputFrame.to_output` (already filtered by
+    class). Layers the style hides are skipped.
+    """
+    h, w = out.shape[:2]
+    block = (int(offset[0]), int(offset[1]), w, h)
+    if style.show_heatmap and heatmap is not None and style.opacity > 0:
+        values = heatmap_values(heatmap, frame, block, style.smooth)
+        if values is not None:
+            blend_values(out, values, style)
+    if style.show_annotations and markers:
+        draw_markers(out, markers_near(markers, block, style.marker_radius), style.marker_radius, offset=block[:2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +443,7 @@ def legend_panel(
 
 
 # ---------------------------------------------------------------------------------------------
-# The exporter
+# The in-memory exporter
 # ---------------------------------------------------------------------------------------------
 
 
@@ -284,6 +464,9 @@ def compose(
     With ``style.legend`` a white legend panel is appended on the **right**, so the result is
     **wider** than the image (``W + panel``) and, for images shorter than the panel, **taller**
     (the image sits at the top-left; the extra area is white). The image area is unchanged.
+
+    Equal, pixel for pixel, to :func:`viewer.export.render.render_overlay` of the same image at
+    downsample 1: both paint through :func:`paint_layers`.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -291,23 +474,26 @@ def compose(
     out = np.array(image, dtype=np.uint8, copy=True, order="C")
     height, width = out.shape[:2]
     heatmap_shown = bool(style.show_heatmap and heatmap is not None)
-    if heatmap_shown:
-        blend_heatmap(out, np.asarray(heatmap), style)
+    data = image_heatmap(heatmap, width, height, style.stride) if heatmap_shown else None
     points: dict[str, np.ndarray] = {}
     if style.show_annotations and annotations is not None:
         points = annotation_points(annotations, width, height, style.visible_classes)
-        draw_markers(out, points, style.marker_radius)
+    frame = OutputFrame(0.0, 0.0, 1.0, width, height)
+    paint_layers(out, frame, (0, 0), data, frame.to_output(points), style)
     if not style.legend:
         return out
+    return add_legend(out, style, heatmap_shown, {name: len(pts) for name, pts in points.items()})
+
+
+def add_legend(image: np.ndarray, style: OverlayStyle, heatmap_shown: bool, classes: Mapping[str, int]) -> np.ndarray:
+    """``image`` with the legend panel on its right (white below a short image); a new array."""
+    height, width = image.shape[:2]
     panel = legend_panel(
-        height,
-        style=style,
-        heatmap_shown=heatmap_shown,
-        classes={name: len(pts) for name, pts in points.items()},
+        height, style=style, heatmap_shown=heatmap_shown, classes=classes,
         scale=max(1.0, min(height, width) / 768),
     )
     canvas = np.full((max(height, panel.shape[0]), width + panel.shape[1], 3), LEGEND_BACKGROUND, dtype=np.uint8)
-    canvas[:height, :width] = out
+    canvas[:height, :width] = image
     canvas[: panel.shape[0], width:] = panel
     return canvas
 

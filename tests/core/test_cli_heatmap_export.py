@@ -143,12 +143,39 @@ def test_export_matches_compose_exactly(paths, capsys):
 
 def test_export_legend_tiff_and_layer_switches(paths, capsys):
     image, model, out = paths
-    assert main(["export", str(image), "--out", str(out / "o.tif"), "--model", str(model), "--legend", "--quiet"]) == 0
-    fig = tifffile.imread(out / "o.tif")
-    assert fig.shape[1] > W and fig.shape[0] >= H and fig.dtype == np.uint8
+    assert main(["export", str(image), "--out", str(out / "o.png"), "--model", str(model), "--legend", "--quiet"]) == 0
+    fig = np.asarray(Image.open(out / "o.png"))
+    assert fig.shape[1] > W and fig.shape[0] >= H and fig.dtype == np.uint8  # the legend widens it
+    # A .tif is a tiled pyramid of the image area only (no legend), here exact with deflate.
+    assert main(["export", str(image), "--out", str(out / "o.tif"), "--model", str(model), "--legend",
+                 "--compression", "deflate"]) == 0
+    assert "legend is not added" in capsys.readouterr().err
+    with tifffile.TiffFile(out / "o.tif") as tif:
+        assert tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), fig[:H, :W])
     # No heatmap: the model is never loaded (a missing model is fine); no annotations: plain image.
     assert main(["export", str(image), "--out", str(out / "plain.png"), "--no-heatmap", "--no-annotations", "--model", str(out / "missing.keras")]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out / "plain.png")), tifffile.imread(image))
+
+
+def test_export_computes_into_a_temporary_store_or_reads_one(paths, capsys, monkeypatch):
+    """Large heatmaps are computed into a temporary .zarr store (removed afterwards); the
+    pixels equal an export from the in-memory array and one from a store written by `heatmap`."""
+    import viewer.commands.export as export_command
+
+    image, model, out = paths
+    base = ["export", str(image), "--model", str(model), "--threshold", "0.1"]
+    assert main([*base, "--quiet", "--out", str(out / "array.png")]) == 0
+    monkeypatch.setattr(export_command, "ARRAY_CELLS", 0)
+    assert main([*base, "--out", str(out / "store.png")]) == 0
+    assert "then --heatmap H.zarr" in capsys.readouterr().err  # how to avoid recomputing next time
+    assert sorted(p.name for p in out.iterdir()) == ["array.png", "store.png"]  # temporary store removed
+    assert main(["heatmap", str(image), "--out", str(out / "h.zarr"), "--model", str(model), "--quiet"]) == 0
+    assert main(["export", str(image), "--heatmap", str(out / "h.zarr"), "--quiet", "--threshold", "0.1",
+                 "--out", str(out / "given.png")]) == 0
+    array = np.asarray(Image.open(out / "array.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "store.png")), array)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "given.png")), array)
 
 
 def test_export_explicit_annotations(paths, capsys, tmp_path):
