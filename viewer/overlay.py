@@ -13,7 +13,9 @@ the colour of the cell whose square contains the pixel's centre (nearest neighbo
 bilinearly between cell centres instead, over the same covered area. Pixels outside the
 covered band, cells that are NaN (not computed, or background) and cells below ``threshold``
 are left untouched (transparent). Colour index is ``rint(p * 255)`` into the colormap's
-256-entry table, as in the GUI.
+256-entry table, as in the GUI. (On a coarse pyramid level of a whole-slide export, where the
+cells under one block are too many for one read, a store's overview supplies the values: the
+mean of the 8 x 8 block of cells the sampled cell lies in; see :class:`CellSampler`.)
 """
 
 from __future__ import annotations
@@ -173,19 +175,82 @@ class OutputFrame:
 # ---------------------------------------------------------------------------------------------
 
 
+SPAN_CELLS = 1 << 20
+"""Largest rectangle of cells read at once for one output block (4 MB of float32)."""
+
+
+class CellSampler:
+    """Reads the cells output blocks need from a :class:`~viewer.heatmap.data.HeatmapData`.
+
+    At full resolution a block needs the small rectangle of cells under it, read in one go. On a
+    coarse pyramid level one output pixel spans many cells and the rectangle under a block can
+    be the whole heatmap; then only the sampled cells are taken: by indexing an in-memory
+    array, from a store's overview when it has one (each value the mean of its block of cells,
+    as the viewer draws zoomed out; read once per export), else band by band.
+    """
+
+    def __init__(self, heatmap: HeatmapData) -> None:
+        self.heatmap = heatmap
+        self.grid = heatmap.grid
+        self._overview: tuple[np.ndarray, int] | None | bool = False  # False: not asked yet
+
+    def sampler(self, rows: Sequence[np.ndarray], cols: Sequence[np.ndarray]):
+        """``get(r, c) -> cells[np.ix_(r, c)]`` for index arrays taken from ``rows``/``cols``."""
+        r_min, r_max = min(int(a.min()) for a in rows), max(int(a.max()) for a in rows)
+        c_min, c_max = min(int(a.min()) for a in cols), max(int(a.max()) for a in cols)
+        if (r_max - r_min + 1) * (c_max - c_min + 1) <= SPAN_CELLS:
+            cells = self.heatmap.read(slice(r_min, r_max + 1), slice(c_min, c_max + 1))
+            return lambda r, c: cells[np.ix_(r - r_min, c - c_min)]
+        from viewer.heatmap.data import ArrayHeatmap
+
+        if isinstance(self.heatmap, ArrayHeatmap):
+            array = self.heatmap.array
+            return lambda r, c: np.asarray(array[np.ix_(r, c)], dtype=np.float32)
+        overview = self.overview()
+        if overview is not None:
+            reduced, factor = overview
+            return lambda r, c: reduced[np.ix_(r // factor, c // factor)]
+        return self._banded(np.unique(np.concatenate(rows)), np.unique(np.concatenate(cols)))
+
+    def overview(self) -> tuple[np.ndarray, int] | None:
+        if self._overview is False:
+            try:
+                self._overview = self.heatmap.overview("mean")
+            except (AttributeError, KeyError, NotImplementedError):
+                self._overview = None
+        return self._overview  # type: ignore[return-value]
+
+    def _banded(self, rows: np.ndarray, cols: np.ndarray):
+        """The needed cells gathered from reads of at most :data:`SPAN_CELLS` cells each."""
+        table = np.empty((len(rows), len(cols)), dtype=np.float32)
+        width = max(1, min(int(cols[-1] - cols[0] + 1), SPAN_CELLS))
+        height = max(1, SPAN_CELLS // width)
+        for r0 in range(int(rows[0]), int(rows[-1]) + 1, height):
+            ri = np.flatnonzero((rows >= r0) & (rows < r0 + height))
+            if not len(ri):
+                continue
+            for c0 in range(int(cols[0]), int(cols[-1]) + 1, width):
+                ci = np.flatnonzero((cols >= c0) & (cols < c0 + width))
+                if len(ci):
+                    cells = self.heatmap.read(slice(r0, int(rows[ri[-1]]) + 1), slice(c0, int(cols[ci[-1]]) + 1))
+                    table[np.ix_(ri, ci)] = cells[np.ix_(rows[ri] - r0, cols[ci] - c0)]
+        return lambda r, c: table[np.ix_(np.searchsorted(rows, r), np.searchsorted(cols, c))]
+
+
 def heatmap_values(
-    heatmap: HeatmapData, frame: OutputFrame, block: tuple[int, int, int, int], smooth: bool = False,
+    heatmap: HeatmapData | CellSampler, frame: OutputFrame, block: tuple[int, int, int, int], smooth: bool = False,
 ) -> np.ndarray | None:
     """The probability drawn over each pixel of an output block ``(ox, oy, w, h)``, as float32
     ``(h, w)`` with NaN where nothing is drawn; ``None`` when the block misses the heatmap.
 
-    Reads only the cells under the block (plus one ring for ``smooth``), so a block of a
-    whole-slide store costs a block's worth of cells.
+    Reads only the cells under the block (plus one ring for ``smooth``), through a
+    :class:`CellSampler` (pass one to reuse it across blocks).
     """
     from viewer.heatmap.data import cell_positions, cells_under_pixels
 
+    cells = heatmap if isinstance(heatmap, CellSampler) else CellSampler(heatmap)
     ox, oy, w, h = block
-    grid, d = heatmap.grid, frame.downsample
+    grid, d = cells.grid, frame.downsample
     x0, y0 = frame.x + ox * d, frame.y + oy * d
     rows = cells_under_pixels(grid, y0, h, d, axis=0)
     cols = cells_under_pixels(grid, x0, w, d, axis=1)
@@ -193,11 +258,10 @@ def heatmap_values(
     if not len(ys) or not len(xs):
         return None
     py0, py1, px0, px1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1  # indices grow with position
+    rows, cols = rows[py0:py1], cols[px0:px1]
     out = np.full((h, w), np.nan, dtype=np.float32)
     if not smooth:
-        r0, c0 = rows[py0], cols[px0]
-        cells = heatmap.read(slice(r0, rows[py1 - 1] + 1), slice(c0, cols[px1 - 1] + 1))
-        out[py0:py1, px0:px1] = cells[np.ix_(rows[py0:py1] - r0, cols[px0:px1] - c0)]
+        out[py0:py1, px0:px1] = cells.sampler([rows], [cols])(rows, cols)
         return out
     n_rows, n_cols = grid.shape
     fr = cell_positions(grid, y0, h, d, axis=0)[py0:py1]
@@ -211,44 +275,53 @@ def heatmap_values(
     c_hi = np.clip(fc_floor + 1, 0, n_cols - 1).astype(np.int64)
     ty = (fr - fr_floor).astype(np.float32)[:, None]
     tx = (fc - fc_floor).astype(np.float32)[None, :]
-    rs, cs = int(r_lo.min()), int(c_lo.min())
-    cells = heatmap.read(slice(rs, int(r_hi.max()) + 1), slice(cs, int(c_hi.max()) + 1))
-    r_lo, r_hi, c_lo, c_hi = r_lo - rs, r_hi - rs, c_lo - cs, c_hi - cs
+    get = cells.sampler([rows, r_lo, r_hi], [cols, c_lo, c_hi])
     total = np.zeros((py1 - py0, px1 - px0), np.float32)
     weight = np.zeros_like(total)
     for r_idx, wy in ((r_lo, 1 - ty), (r_hi, ty)):
         for c_idx, wx in ((c_lo, 1 - tx), (c_hi, tx)):
-            v = cells[np.ix_(r_idx, c_idx)]
+            v = get(r_idx, c_idx)
             finite = np.isfinite(v)
             wgt = np.where(finite, wy * wx, np.float32(0))
             total += np.where(finite, v, np.float32(0)) * wgt
             weight += wgt
     # NaN cells stay transparent: only pixels whose nearest cell has a value are drawn, and the
     # interpolation uses the neighbours that have one.
-    nearest = cells[np.ix_(rows[py0:py1] - rs, cols[px0:px1] - cs)]
+    nearest = get(rows, cols)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(np.isfinite(nearest) & (weight > 0), total / weight, np.float32(np.nan))
     out[py0:py1, px0:px1] = value
     return out
 
 
+BLEND_PIXELS = 1 << 17
+"""Pixels blended at once: the float temporaries cost about 30 bytes per pixel, so a megapixel
+block of a slide export is blended in bands rather than all at once."""
+
+
 def blend_values(out: np.ndarray, values: np.ndarray, style: OverlayStyle) -> None:
-    """Blend probabilities ``values`` ((h, w), NaN = transparent) into RGB ``out`` in place."""
+    """Blend probabilities ``values`` ((h, w), NaN = transparent) into RGB ``out`` in place:
+    ``under + (over - under) * opacity``, rounded, where ``p >= threshold``."""
     if style.opacity == 0:
         return
-    finite = np.isfinite(values)
-    show = finite & (np.where(finite, values, 0.0) >= style.threshold)
-    if not show.any():
-        return
-    ys, xs = np.nonzero(show.any(axis=1))[0], np.nonzero(show.any(axis=0))[0]
-    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-    show = show[y0:y1, x0:x1]
-    colours = colormap_lut(style.colormap)[colour_index(values[y0:y1, x0:x1])]
-    block = out[y0:y1, x0:x1]
+    lut = colormap_lut(style.colormap)
     alpha = np.float32(style.opacity)
-    under = block[show].astype(np.float32)
-    over = colours[show].astype(np.float32)
-    block[show] = np.clip(np.rint(under + (over - under) * alpha), 0, 255).astype(np.uint8)
+    band = max(1, BLEND_PIXELS // max(1, values.shape[1]))
+    for r0 in range(0, values.shape[0], band):
+        part = values[r0 : r0 + band]
+        finite = np.isfinite(part)
+        show = finite & (np.where(finite, part, 0.0) >= style.threshold)
+        if not show.any():
+            continue
+        block = out[r0 : r0 + band]
+        under = block[show].astype(np.float32)
+        mixed = lut[colour_index(part[show])].astype(np.float32)
+        mixed -= under
+        mixed *= alpha
+        mixed += under
+        np.rint(mixed, out=mixed)
+        np.clip(mixed, 0, 255, out=mixed)
+        block[show] = mixed.astype(np.uint8)
 
 
 def blend_heatmap(out: np.ndarray, heatmap: np.ndarray, style: OverlayStyle) -> None:
@@ -333,7 +406,7 @@ def paint_layers(
     out: np.ndarray,
     frame: OutputFrame,
     offset: tuple[int, int],
-    heatmap: HeatmapData | None,
+    heatmap: HeatmapData | CellSampler | None,
     markers: Mapping[str, np.ndarray],
     style: OverlayStyle,
 ) -> None:

@@ -312,3 +312,137 @@ def test_end_to_end_bundled_model_on_a_pyramidal_slide(tmp_path, capsys):
     band = np.abs(overlay[20:-20, 20:-20].astype(int) - plain[20:-20, 20:-20]).mean()
     margin = np.abs(overlay[:8].astype(int) - plain[:8]).mean()
     assert band > 5 and margin < 3
+
+
+# ------------------------------------------------------------------------ coarse levels, memory
+
+
+class Banded:
+    """A HeatmapData without an overview (read by bounded bands on coarse levels)."""
+
+    def __init__(self, inner):
+        self.inner, self.grid = inner, inner.grid
+
+    @property
+    def shape(self):
+        return self.inner.shape
+
+    def read(self, rows, cols):
+        return self.inner.read(rows, cols)
+
+    def overview(self, kind="mean"):
+        return None
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_coarse_levels_sample_the_same_cells_whatever_the_read_path(smooth, monkeypatch):
+    import viewer.overlay as overlay
+
+    slide = PlainSlide("grey.tif", np.full((700, 900, 3), 128, np.uint8))
+    grid = AnalysisGrid((0, 0), 1.0, 900, 700, 4)
+    values = np.random.default_rng(4).random(grid.shape).astype(np.float32)
+    values[values < 0.1] = np.nan
+    style = OverlayStyle(opacity=0.8, smooth=smooth, show_annotations=False)
+
+    def render(heat):
+        return render_array(OverlayRenderer.for_region(slide, heat, None, style, downsample=9.5))
+
+    expected = render(ArrayHeatmap(values, grid))  # the rectangle under each block, read whole
+    monkeypatch.setattr(overlay, "SPAN_CELLS", 50)  # now every block is "coarse"
+    np.testing.assert_array_equal(render(ArrayHeatmap(values, grid)), expected)  # array indexing
+    np.testing.assert_array_equal(render(Banded(ArrayHeatmap(values, grid))), expected)  # bands of 50 cells
+
+
+def test_coarse_levels_of_a_store_use_its_overview(tmp_path, monkeypatch):
+    import viewer.overlay as overlay
+    from viewer.heatmap.data import StoreHeatmap
+    from viewer.heatmap.store import HeatmapStore, slide_attrs
+
+    image = tmp_path / "grey.tif"
+    tifffile.imwrite(image, np.full((600, 800, 3), 128, np.uint8), photometric="rgb")
+    slide = open_slide(image)
+    grid = AnalysisGrid((0, 0), 1.0, 800, 600, 8)
+    rows, cols = grid.shape
+    # Constant over the 8 x 8 blocks the overview averages: overview and cells agree exactly.
+    blocks = np.random.default_rng(0).random((-(-rows // 8), -(-cols // 8))).astype(np.float32)
+    values = np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:rows, :cols]
+    attrs = {**grid.as_attrs(), "model_sha256": None, "slide": slide_attrs(slide)}
+    store, _ = HeatmapStore.open_or_create(tmp_path / "h.zarr", shape=(rows, cols), attrs=attrs, chunk=16)
+    for i in range(store.chunk_grid[0]):
+        for j in range(store.chunk_grid[1]):
+            r, c = store.chunk_slices(i, j)
+            store.write_chunk(i, j, values[r, c])
+    style = OverlayStyle(opacity=1.0, show_annotations=False)
+    heat = StoreHeatmap(HeatmapStore.open(tmp_path / "h.zarr"))
+    expected = render_array(OverlayRenderer.for_region(slide, ArrayHeatmap(values, grid), None, style, downsample=16))
+    monkeypatch.setattr(overlay, "SPAN_CELLS", 10)
+    reads = []
+    real_read = heat.read
+    heat.read = lambda r, c: reads.append((r, c)) or real_read(r, c)
+    got = render_array(OverlayRenderer.for_region(slide, heat, None, style, downsample=16))
+    np.testing.assert_array_equal(got, expected)
+    assert reads == []  # no cells read: the overview (read once) served every block
+
+
+def test_a_large_tiff_export_holds_blocks_not_the_image(tmp_path, monkeypatch):
+    """Peak memory follows the block constants, not the output (18 MB of RGB here)."""
+    import tracemalloc
+
+    import imagecodecs  # noqa: F401 - imported before measuring: module code is not the export
+
+    import viewer.export.render as render
+    import viewer.export.tiff_writer as tiff_writer
+    import viewer.overlay as overlay
+    from viewer.slide.source import Level, SlideSource
+
+    class Procedural(SlideSource):
+        backend = "test"
+
+        def __init__(self, width, height):
+            super().__init__()
+            self.path = tmp_path / "procedural.tif"
+            self.native_levels = tuple(Level(-(-width // d), -(-height // d), float(d)) for d in (1, 4, 16))
+            self.mpp = (0.25, 0.25)
+            self._finish_levels()
+
+        def _read_native(self, level, x, y, w, h):
+            d = int(self.levels[level].downsample)
+            xs = (np.arange(x, x + w) * d // 64 % 2).astype(np.uint8)
+            ys = (np.arange(y, y + h) * d // 64 % 2).astype(np.uint8)
+            out = np.empty((h, w, 3), np.uint8)
+            out[...] = ((xs[None, :] ^ ys[:, None]) * np.uint8(60) + np.uint8(150))[:, :, None]
+            return out
+
+    class Waves:
+        def __init__(self, grid):
+            self.grid = grid
+
+        @property
+        def shape(self):
+            return self.grid.shape
+
+        def read(self, rows, cols):
+            r = np.sin(np.arange(rows.start, rows.stop, dtype=np.float32) / 50)
+            c = np.cos(np.arange(cols.start, cols.stop, dtype=np.float32) / 70)
+            return ((np.multiply.outer(r, c) + 1) / 2).astype(np.float32)
+
+        def overview(self, kind="mean"):
+            return None
+
+    monkeypatch.setattr(tiff_writer, "ROW_BLOCK_PIXELS", 1 << 16)
+    monkeypatch.setattr(render, "SOURCE_PIXELS", 1 << 15)
+    monkeypatch.setattr(overlay, "BLEND_PIXELS", 1 << 14)
+    monkeypatch.setattr(overlay, "SPAN_CELLS", 1 << 16)
+    slide = Procedural(12_000, 8_000)
+    heat = Waves(AnalysisGrid((0, 0), 1.0, 12_000, 8_000, 8))
+    points = {"tumor": np.random.default_rng(0).uniform(0, 8000, (2000, 2))}
+    export_overlay(slide, heat, points, OverlayStyle(), tmp_path / "warm.tif", ExportSettings(region=(0, 0, 600, 600)))
+    tracemalloc.start()
+    try:
+        result = export_overlay(slide, heat, points, OverlayStyle(smooth=True), tmp_path / "big.tif",
+                                ExportSettings(downsample=4, tile=256))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.size == (3000, 2000) and result.levels == 5
+    assert peak < 9_000_000, f"peak {peak / 1e6:.1f} MB"  # blocks of 65k px: about 7 MB

@@ -9,12 +9,13 @@ for pixel. Memory is one block (a strip of rows, or a tile) at a time, never the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from viewer.overlay import OutputFrame, OverlayStyle, annotation_points, paint_layers
+from viewer.overlay import CellSampler, OutputFrame, OverlayStyle, annotation_points, paint_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from viewer.heatmap.data import HeatmapData
@@ -22,6 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BLOCK_PIXELS = 1 << 20
 """Output pixels rendered at once (about 3 MB of RGB plus a few float planes for the heatmap)."""
+
+SOURCE_PIXELS = 1 << 18
+"""Slide pixels read at once while resampling a block (about 4 MB with their float copy)."""
 
 _EXACT = 1e-9
 
@@ -47,13 +51,23 @@ def read_slide_block(slide: SlideSource, frame: OutputFrame, block: tuple[int, i
     lx0, ly0 = (frame.x + ox * d) / ds, (frame.y + oy * d) / ds
     if abs(d / ds - 1) < _EXACT and _whole(lx0) and _whole(ly0):
         return slide.read_region(level, round(lx0), round(ly0), w, h)
-    jy, wy = _area_weights(frame.y, d, ds, oy, h)
     jx, wx = _area_weights(frame.x, d, ds, ox, w)
-    ry0, rx0 = int(jy.min()), int(jx.min())
-    source = slide.read_region(level, rx0, ry0, int(jx.max()) - rx0 + 1, int(jy.max()) - ry0 + 1).astype(np.float32)
-    rows = sum(wy[:, t, None, None] * source[jy[:, t] - ry0] for t in range(jy.shape[1]))
-    out = sum(wx[None, :, t, None] * rows[:, jx[:, t] - rx0] for t in range(jx.shape[1]))
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    rx0, source_width = int(jx.min()), int(jx.max()) - int(jx.min()) + 1
+    # Level pixels per output row, so a band of output rows reads at most SOURCE_PIXELS of them
+    # (up to 4 x 4 level pixels per output pixel between levels 4x apart, as in SVS files).
+    per_row = source_width * (math.ceil(d / ds) + 1)
+    band = max(1, SOURCE_PIXELS // per_row)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for r0 in range(0, h, band):
+        rows_here = min(band, h - r0)
+        jy, wy = _area_weights(frame.y, d, ds, oy + r0, rows_here)
+        ry0 = int(jy.min())
+        source = slide.read_region(level, rx0, ry0, source_width, int(jy.max()) - ry0 + 1).astype(np.float32)
+        rows = sum(wy[:, t, None, None] * source[jy[:, t] - ry0] for t in range(jy.shape[1]))
+        del source
+        mixed = sum(wx[None, :, t, None] * rows[:, jx[:, t] - rx0] for t in range(jx.shape[1]))
+        out[r0 : r0 + rows_here] = np.clip(np.floor(mixed + 0.5), 0, 255)
+    return out
 
 
 def _area_weights(start: float, step: float, level_downsample: float, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +111,8 @@ class OverlayRenderer:
     ) -> None:
         self.slide = slide
         self.heatmap = heatmap if style.show_heatmap else None
+        # One sampler for every block and pyramid level: a store's overview is read once.
+        self._cells = None if self.heatmap is None else CellSampler(self.heatmap)
         self.style = style
         self.frame = frame
         self._level0_points: dict[str, np.ndarray] = {}
@@ -121,6 +137,7 @@ class OverlayRenderer:
         """The same layers in another frame (a pyramid level), without re-reading annotations."""
         other = object.__new__(OverlayRenderer)
         other.slide, other.heatmap, other.style, other.frame = self.slide, self.heatmap, self.style, frame
+        other._cells = self._cells
         other._level0_points = self._level0_points
         other.markers = frame.to_output(self._level0_points)
         return other
@@ -138,7 +155,7 @@ class OverlayRenderer:
     def block(self, ox: int, oy: int, w: int, h: int) -> np.ndarray:
         """Output pixels ``[oy, oy+h) x [ox, ox+w)`` as a new (h, w, 3) uint8 array."""
         out = np.array(read_slide_block(self.slide, self.frame, (ox, oy, w, h)), dtype=np.uint8, copy=True, order="C")
-        paint_layers(out, self.frame, (ox, oy), self.heatmap, self.markers, self.style)
+        paint_layers(out, self.frame, (ox, oy), self._cells, self.markers, self.style)
         return out
 
     def strips(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:

@@ -21,7 +21,7 @@ COMPRESSIONS = {"jpeg": "jpeg", "deflate": "zlib"}
 
 JPEG_QUALITY = 90
 
-ROW_BLOCK_PIXELS = 1 << 21
+ROW_BLOCK_PIXELS = 1 << 20
 """Rendered at once within one row of tiles: up to this many pixels (several tiles side by side)."""
 
 BlockRenderer = Callable[[int, int, int, int], np.ndarray]
