@@ -69,6 +69,8 @@ def run(args) -> int:
     slide = open_slide(args.image)
     bounds = (slide.width, slide.height)
     with heatmap_for_export(args, slide, out) as (heatmap, notes):
+        if args.heatmap is not None and args.region is not None:
+            notes.append("--region limits a heatmap computed here; the given --heatmap is exported whole")
         regions = tumour_features(heatmap, args.threshold, bounds)
         tiles = tile_features(heatmap, args.cell_size, bounds, args.threshold) if args.cell_size else ()
         count = write_feature_collection(out, chain(regions, tiles), force=args.force)
