@@ -163,7 +163,9 @@ class HeatmapController(QObject):
 
     def _store_path(self, slide, grid: AnalysisGrid) -> Path:
         key = store_cache.cache_key(slide_fingerprint(slide), self._model_sha256(), grid.stride, grid.scale)
-        return store_cache.store_path_in(heatmap_cache_folder(), slide.name, key)
+        folder = heatmap_cache_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        return store_cache.store_path_in(folder, slide.name, key)
 
     def _show_data(self, data: HeatmapData | None) -> None:
         if not isinstance(data, ArrayHeatmap):
