@@ -32,6 +32,13 @@ def isolated_settings(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def isolated_heatmap_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Whole-slide heatmap stores go to the test's folder, never the user's cache."""
+    monkeypatch.setenv("HISTOVIEWER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "heatmaps"
+
+
 class Dialogs:
     """Records message boxes and answers file dialogs with prepared paths."""
 

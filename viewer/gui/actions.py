@@ -39,6 +39,7 @@ class Actions:
     cancel_heatmap: QAction
     auto_run: QAction
     run_visible: QAction
+    run_rectangle: QAction
     show_tissue: QAction
     smooth_heatmap: QAction
     overview_max: QAction
@@ -120,6 +121,8 @@ def build_actions(window: QMainWindow) -> Actions:
                          checkable=True),
         run_visible=_action(window, "Run on &Visible Area", ["Ctrl+Shift+R"],
                             "Compute the heatmap of what is on screen only; a later run continues the rest"),
+        run_rectangle=_action(window, "Analyse a &Rectangle", tip="Place a box to move and resize, then press "
+                              "Enter to compute the heatmap under it", checkable=True),
         show_tissue=_action(window, "&Tissue Mask", ["T"], "Show where tissue was detected (whole slides)",
                             checkable=True),
         smooth_heatmap=_action(window, "&Smooth Heatmap", tip="Draw the heatmap smoothly (bilinear) instead of "
@@ -153,7 +156,7 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     view.addSeparator()
     panels = view.addMenu("&Panels")
     analysis = bar.addMenu("&Analysis")
-    analysis.addActions([a.run_heatmap, a.run_visible, a.cancel_heatmap])
+    analysis.addActions([a.run_heatmap, a.run_visible, a.run_rectangle, a.cancel_heatmap])
     analysis.addSeparator()
     step_menu = analysis.addMenu("Window &Step")
     step_menu.setToolTipsVisible(True)  # the tips say what each step trades off

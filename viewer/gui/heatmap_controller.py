@@ -262,6 +262,8 @@ class HeatmapController(QObject):
         a = self._actions
         running = self.running
         a.run_heatmap.setEnabled(self._document.opened is not None and not running)
+        a.run_visible.setEnabled(self._document.opened is not None and not running)
+        a.run_rectangle.setEnabled(self._document.opened is not None and not running)
         a.cancel_heatmap.setEnabled(running)
         # A stopped (partial) heatmap can be saved too: its sidecar says "complete": false.
         a.export_heatmap.setEnabled(self.heatmap is not None and not running)

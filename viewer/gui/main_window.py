@@ -31,6 +31,7 @@ from viewer.gui.document_controller import DocumentController
 from viewer.gui.export_controller import ExportController
 from viewer.gui.heatmap_controller import HeatmapController
 from viewer.gui.heatmap_layer import HeatmapLayer
+from viewer.gui.region_picker import RegionPicker
 from viewer.gui.tissue_layer import TissueLayer
 from viewer.gui.layers import LayerState
 from viewer.gui.layers_panel import LayersPanel
@@ -86,6 +87,7 @@ class MainWindow(QMainWindow):
         self.canvas = Canvas(tile_cache_bytes=self.settings.tile_cache_bytes())
         self.heatmap_layer = HeatmapLayer(self.canvas)
         self.tissue_layer = TissueLayer(self.canvas)
+        self.region_picker = RegionPicker(self.canvas)
         self.annotation_layer = AnnotationLayer(self.canvas)
         self.placeholder = Placeholder()
         self.stack = QStackedWidget()
@@ -186,6 +188,10 @@ class MainWindow(QMainWindow):
         a.smooth_heatmap.toggled.connect(lambda on: self._change_layers(smooth=on))
         a.overview_max.toggled.connect(lambda on: self._change_layers(overview_max=on))
         a.run_visible.triggered.connect(heatmaps.run_visible)
+        a.run_rectangle.toggled.connect(lambda on: self.region_picker.start() if on else self.region_picker.cancel())
+        a.cancel_heatmap.triggered.connect(self.region_picker.cancel)
+        self.region_picker.chosen.connect(lambda x, y, w, h: heatmaps.run(scope=(x, y, w, h)))
+        self.region_picker.closed.connect(lambda: a.run_rectangle.setChecked(False))
         a.run_heatmap.triggered.connect(self.run_heatmap)
         a.cancel_heatmap.triggered.connect(heatmaps.cancel)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
@@ -260,6 +266,7 @@ class MainWindow(QMainWindow):
             self.canvas.set_slide(opened.slide)
             self.setWindowTitle(f"{opened.slide.name} — {APP_NAME}")
             self.setWindowFilePath(str(opened.slide.path))
+        self.region_picker.cancel()  # a box drawn on the previous image means nothing here
         self._update_image_actions()
 
     def _update_image_actions(self) -> None:
