@@ -96,7 +96,7 @@ def decode_image(path: str | Path, *, max_pixels: int | None = None, head: bytes
         elif head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC):
             pixels = _read_with_pillow(path, head, limit, notes)
         else:
-            raise ImageError(f"is not a TIFF, JPEG or PNG image ({_sniff(head)})", path)
+            raise ImageError(f"is not a TIFF, JPEG or PNG image, nor a slide format OpenSlide reads ({_sniff(head)})", path)
     except ImageError:
         raise
     except MemoryError as exc:
