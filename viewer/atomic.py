@@ -97,7 +97,7 @@ def atomic_output(path: str | Path, *, force: bool = True, suffix: str | None = 
         _set_mode(tmp, target)
         _fsync(tmp)
         os.replace(tmp, target)
-        _fsync_folder(folder)
+        fsync_folder(folder)
     except OSError as exc:
         _cleanup(tmp)
         raise _output_error(exc, path) from exc
@@ -187,7 +187,7 @@ def _fsync(tmp: Path) -> None:
         os.close(fd)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every platform can fsync a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

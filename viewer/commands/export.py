@@ -162,23 +162,9 @@ def heatmap_for_export(args, slide, out: Path, *, label: str = "heatmap") -> Ite
         return
     import tempfile
 
-    from viewer.commands.heatmap import analysis_options, model_file, run_plan_with_progress
-    from viewer.heatmap.slide_run import plan_slide_heatmap
-    from viewer.model import load_model
+    from viewer.commands.heatmap import model_file, plan_for, run_plan_with_progress
 
-    options = analysis_options(args)
-    path = model_file(args.model)
-    try:
-        plan = plan_slide_heatmap(slide, path, options)
-    except InputError as exc:
-        if exc.path is not None:
-            raise
-        raise InputError(str(exc), args.image) from exc
-    model = load_model(path)
-    notes = list(plan.notes)
-    if plan.tissue is not None:
-        notes.append(f"tissue: {100 * plan.tissue.fraction:.1f}% of the slide; {plan.tissue_cells} of "
-                     f"{plan.shape[0] * plan.shape[1]} cells evaluated")
+    plan, model, notes = plan_for(slide, args, model_file(args.model))
     rows, cols = plan.shape
     if rows * cols <= ARRAY_CELLS:
         yield ArrayHeatmap(run_plan_with_progress(plan, model, quiet=args.quiet, label=label), plan.grid), notes

@@ -134,6 +134,26 @@ def compute_with_progress(pixels, model, stride: int, *, quiet: bool, label: str
     return out, heatmap_method(model, stride)
 
 
+def plan_for(slide, args, path: Path):
+    """The slide's analysis plan for a command's options, the loaded model, and the notes to print
+    after success (analysis scale, tissue share). Shared by every command that computes heatmaps."""
+    from viewer.heatmap.slide_run import plan_slide_heatmap
+    from viewer.model import load_model
+
+    try:
+        plan = plan_slide_heatmap(slide, path, analysis_options(args))
+    except InputError as exc:
+        if exc.path is not None:
+            raise
+        raise InputError(str(exc), args.image) from exc
+    model = load_model(path)
+    notes = list(plan.notes)
+    if plan.tissue is not None:
+        notes.append(f"tissue: {100 * plan.tissue.fraction:.1f}% of the slide; {plan.tissue_cells} of "
+                     f"{plan.shape[0] * plan.shape[1]} cells to evaluate")
+    return plan, model, notes
+
+
 def is_store_path(path: Path) -> bool:
     return path.suffix.lower() == ".zarr"
 
@@ -170,11 +190,10 @@ def run_plan_with_progress(plan, model, *, store=None, quiet: bool, label: str =
 
 def run(args) -> int:
     from viewer.heatmap import check_heatmap_output, heatmap_method, save_heatmap
-    from viewer.heatmap.slide_run import open_store_for, plan_slide_heatmap
-    from viewer.model import load_model
+    from viewer.heatmap.slide_run import open_store_for
     from viewer.slide import open_slide
 
-    options = analysis_options(args)
+    analysis_options(args)  # refuse bad options before opening anything
     out = Path(args.out)
     store_output = is_store_path(out)
     if store_output:
@@ -184,17 +203,7 @@ def run(args) -> int:
         check_heatmap_output(out, args.fmt, force=args.force)  # before any long work
     path = model_file(args.model)
     slide = open_slide(args.image)
-    try:
-        plan = plan_slide_heatmap(slide, path, options)
-    except InputError as exc:
-        if exc.path is not None:
-            raise
-        raise InputError(str(exc), args.image) from exc
-    model = load_model(path)
-    notes = list(plan.notes)
-    if plan.tissue is not None:
-        notes.append(f"tissue: {100 * plan.tissue.fraction:.1f}% of the slide; {plan.tissue_cells} of "
-                     f"{plan.shape[0] * plan.shape[1]} cells to evaluate")
+    plan, model, notes = plan_for(slide, args, path)
     rows, cols = plan.shape
     if store_output:
         store, resumed = open_store_for(plan, out, force=args.force)

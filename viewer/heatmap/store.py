@@ -62,6 +62,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from viewer import PATCH_SIZE, __version__
+from viewer.atomic import fsync_folder
 from viewer.errors import InputError, OutputError, os_reason
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,20 +93,6 @@ _FINGERPRINT_BYTES = 1 << 20
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every platform can fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _make_folders(folder: Path) -> None:
     """``mkdir -p`` that also makes each new folder's entry in its parent durable."""
     if folder.is_dir():
@@ -113,7 +100,7 @@ def _make_folders(folder: Path) -> None:
     _make_folders(folder.parent)
     with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
         folder.mkdir()
-    _fsync_folder(folder.parent)
+    fsync_folder(folder.parent)
 
 
 def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False) -> None:
@@ -135,7 +122,7 @@ def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False) 
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 class DurableLocalStore(LocalStore):
@@ -576,7 +563,7 @@ def _remove_strays(path: Path) -> None:
 
 def _move_into_place(built: Path, path: Path) -> None:
     """Rename the finished folder onto ``path``, replacing what is there (already vetted)."""
-    _fsync_folder(built)
+    fsync_folder(built)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -594,7 +581,7 @@ def _move_into_place(built: Path, path: Path) -> None:
     else:
         os.unlink(path)
         os.rename(built, path)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 __all__ = [
