@@ -16,6 +16,7 @@ import io
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -81,6 +82,11 @@ def main() -> int:
     x, y = min(points, key=lambda p: abs(p[0] - slide.width / 2) + abs(p[1] - slide.height / 2))
     if args.zoom:
         window.canvas.zoom_to(args.zoom)
+    # The canvas reads tiles on worker threads: wait until the view is fully drawn.
+    deadline = time.monotonic() + 30
+    while not window.canvas.is_drawn() and time.monotonic() < deadline:
+        app.processEvents()
+        time.sleep(0.01)
     window._show_cursor(float(x), float(y))  # what the status bar shows over a tumour point
     app.processEvents()
     size = save_small_png(window.grab().toImage(), Path(args.out))
