@@ -485,3 +485,124 @@ def copy(src: str | Path, dst: str | Path) -> Path:
     """Copy a slide file (to damage the copy and keep the original)."""
     shutil.copyfile(src, dst)
     return Path(dst)
+
+
+# --------------------------------------------------------------------------- huge slides, fast
+
+
+def tissue_blocks(width: int, height: int, *, block: int = 4096, fraction: float = 0.4, seed: int = 0) -> np.ndarray:
+    """Which ``block`` x ``block`` level-0 squares of a huge synthetic slide hold tissue: a bool
+    (rows, cols) grid, about ``fraction`` of it True, in a few large blobs (a smooth random field
+    thresholded at its quantile), so glass areas are far larger than the tissue detector's holes."""
+    rows, cols = -(-height // block), -(-width // block)
+    rng = np.random.default_rng(seed + 101)
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    field = np.zeros((rows, cols))
+    for _ in range(3):
+        fy, fx = rng.uniform(1 / 9, 1 / 5, 2)
+        py, px = rng.uniform(0, 2 * math.pi, 2)
+        field += np.sin(2 * math.pi * fy * yy + py) * np.sin(2 * math.pi * fx * xx + px)
+    field += rng.uniform(-0.05, 0.05, field.shape)  # breaks ties, so the quantile is exact
+    return field > np.quantile(field, 1.0 - fraction)
+
+
+def _tissue_tile(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """One H&E-like tile that is tissue throughout: pink stroma with dark purple nuclei."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    fx, fy, phase = rng.uniform(1 / 90, 1 / 40), rng.uniform(1 / 90, 1 / 40), rng.uniform(0, 2 * math.pi)
+    mix = 0.5 + 0.25 * np.sin(2 * math.pi * fy * y + phase) + 0.25 * np.sin(2 * math.pi * fx * (x + 0.6 * y))
+    out = _STROMA + mix[..., None] * (_STROMA_DARK - _STROMA)
+    for cy, cx, r in zip(*rng.uniform(0, size, (2, size * size // 700)), rng.uniform(3.0, 5.5, size * size // 700)):
+        out[(y - cy) ** 2 + (x - cx) ** 2 <= r * r] = _NUCLEUS
+    out += rng.uniform(-6, 6, out.shape[:2]).astype(np.float32)[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _glass_tile(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    grain = rng.uniform(-3, 3, (size, size)).astype(np.float32)[..., None]
+    return np.clip(_GLASS + grain + 0.5, 0, 255).astype(np.uint8)
+
+
+def _encode_tiles(tiles: list[np.ndarray], tile: int, writer_kwargs: dict) -> list[bytes]:
+    """JPEG-encode tiles exactly as tifffile would for ``writer_kwargs``: write them as one row
+    of a small tiled TIFF in memory and cut each tile's bytes back out."""
+    import io
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.concatenate(tiles, axis=1), tile=(tile, tile), metadata=None, **writer_kwargs)
+    buffer.seek(0)
+    with tifffile.TiffFile(buffer) as tif:
+        page = tif.pages[0]
+        data = buffer.getvalue()
+        return [data[o : o + n] for o, n in zip(page.dataoffsets, page.databytecounts)]
+
+
+def write_jpeg_tile_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    *,
+    tile: int = 256,
+    mpp: float = 0.25,
+    tissue_fraction: float = 0.4,
+    block: int = 4096,
+    quality: int = 80,
+    variants: int = 8,
+    stop_at: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Write a huge JPEG-tiled pyramidal TIFF in seconds; returns ``path``.
+
+    Generating and JPEG-encoding gigapixels of :func:`synthetic_tissue` takes many minutes, so
+    this pre-encodes a few distinct tissue and glass tiles once and writes every tile as one of
+    them (tifffile takes already-compressed tile bytes). Whether a tile is tissue follows
+    :func:`tissue_blocks` (``block`` must be ``tile`` times a power of two); the variant is hashed
+    from the tile's position. Levels halve down to ``stop_at`` px; tiles of levels coarse enough
+    to span several blocks are small mosaics of reduced tissue and glass, encoded one by one
+    (a few dozen). Resolution tags give ``mpp``.
+    """
+    path = Path(path)
+    if block % tile or (block // tile) & (block // tile - 1):
+        raise ValueError(f"block ({block}) must be the tile size ({tile}) times a power of two")
+    rng = np.random.default_rng(seed + 202)
+    tissue = [_tissue_tile(rng, tile) for _ in range(variants)]
+    glass = [_glass_tile(rng, tile) for _ in range(2)]
+    kwargs = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}}
+    encoded = _encode_tiles(tissue + glass, tile, kwargs)
+    tissue_bytes, glass_bytes = encoded[:variants], encoded[variants:]
+    blocks = tissue_blocks(width, height, block=block, fraction=tissue_fraction, seed=seed)
+    sizes = level_sizes(width, height, "auto", stop_at=stop_at)
+
+    def pick(tx: int, ty: int, level: int, choices: list) -> object:
+        return choices[(tx * 73856093 ^ ty * 19349663 ^ level * 83492791) % len(choices)]
+
+    def mosaic(tx: int, ty: int, d: int, level: int) -> np.ndarray:
+        """A tile spanning several blocks: each block reduced to ``block // d`` px."""
+        side = max(1, block // d)
+        step = max(1, tile // side)
+        out = np.empty((tile, tile, 3), np.uint8)
+        for by in range(0, tile, side):
+            for bx in range(0, tile, side):
+                r, c = (ty * tile + by) * d // block, (tx * tile + bx) * d // block
+                is_tissue = r < blocks.shape[0] and c < blocks.shape[1] and blocks[r, c]
+                source = pick(c, r, level, tissue) if is_tissue else glass[0]
+                out[by : by + side, bx : bx + side] = source[::step, ::step][:side, :side]
+        return out
+
+    def level_tiles(w: int, h: int, d: int, level: int) -> Iterator[bytes]:
+        columns, rows = -(-w // tile), -(-h // tile)
+        if tile * d <= block:
+            for ty in range(rows):
+                for tx in range(columns):
+                    r, c = ty * tile * d // block, tx * tile * d // block
+                    yield pick(tx, ty, level, tissue_bytes if blocks[r, c] else glass_bytes)
+        else:
+            yield from _encode_tiles([mosaic(tx, ty, d, level) for ty in range(rows) for tx in range(columns)], tile, kwargs)
+
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        for level, (w, h, d) in enumerate(sizes):
+            writer.write(
+                level_tiles(w, h, d, level), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), metadata=None,
+                subfiletype=1 if level else 0, **kwargs, **_resolution_kwargs(mpp, d),
+            )
+    return path
