@@ -1,7 +1,9 @@
 """Run every benchmark in this folder, one after the other: ``python benchmarks/run_all.py``.
 
 Each benchmark measures its own baseline in the same run and prints ratios, because timings on
-a shared 2-core machine are noisy.
+a shared 2-core machine are noisy. Every ``*.py`` here except this file runs (in name order):
+gui_memory, gui_responsiveness, gui_startup, heatmap and wsi (whole-slide goals; its first run
+writes a 380 MB synthetic slide to benchmarks/results/, later runs reuse it).
 """
 
 from __future__ import annotations
