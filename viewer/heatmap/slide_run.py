@@ -51,6 +51,10 @@ class SlideHeatmapOptions:
     chunk: int | None = None
     """Chunk (= engine tile) side in cells; None: :data:`DEFAULT_CHUNK` for whole slides, and the
     engine's interactive tile size for a microscope field, so its first tile paints quickly."""
+    precision: str = "float32"
+    """Arithmetic of the network: ``"float32"`` (exact, the default) or ``"bfloat16"`` (faster on
+    CPUs with bfloat16 units; elsewhere the plan notes it and uses float32). The plan records the
+    precision actually used (:attr:`SlideHeatmapPlan.precision`)."""
 
 
 def is_whole_slide(slide: SlideSource) -> bool:
@@ -70,6 +74,9 @@ class SlideHeatmapPlan:
     notes: list[str] = field(default_factory=list)
     chunk_tissue_cells: np.ndarray | None = None
     """Cells to evaluate per chunk (chunk grid), counted once when the plan is made."""
+    precision: str = "float32"
+    """The precision the engine runs in (the requested one, or float32 where the CPU lacks
+    bfloat16); recorded in the store's attributes and the sidecar."""
 
     @property
     def stride(self) -> int:
@@ -120,7 +127,7 @@ class SlideHeatmapPlan:
             **self.grid.as_attrs(),
             "model_sha256": self.model_sha256,
             "version": __version__,
-            "precision": "float32",
+            "precision": self.precision,
             "tissue_mask": self.tissue is not None,
             "tissue_threshold": TISSUE_THRESHOLD if self.tissue is not None else None,
             "tissue_fraction": None if self.tissue is None else float(self.tissue.fraction),
@@ -186,9 +193,12 @@ def plan_slide_heatmap(
         from viewer.heatmap.engine import default_tile_cells
 
         chunk = DEFAULT_CHUNK if is_whole_slide(slide) else default_tile_cells(grid.stride)
+    from viewer.heatmap.precision import resolve_precision
+
+    precision = resolve_precision(options.precision, notes)
     plan = SlideHeatmapPlan(
         slide, grid, tissue, int(chunk),
-        None if model_path is None else file_sha256(model_path), notes,
+        None if model_path is None else file_sha256(model_path), notes, precision=precision,
     )
     plan.chunk_tissue_cells = _count_tissue_cells(plan)
     return plan
