@@ -53,8 +53,9 @@ def test_reopening_a_slide_shows_its_stored_heatmap_at_once(qtbot, make_window, 
     first = window.heatmap_controller.data.read(slice(0, 50), slice(0, 50))
     window.close_image()
     assert window.heatmap_controller.data is None
-    open_and_wait(window, pyramid)
-    # no run: the store is found and shown as soon as the slide is on screen
+    # no run: the store is found (and read in a worker) as soon as the slide is on screen
+    with qtbot.waitSignal(window.heatmap_controller.cached_shown, timeout=20_000):
+        open_and_wait(window, pyramid)
     assert not window.heatmap_controller.running
     assert window.heatmap_controller.complete
     np.testing.assert_array_equal(window.heatmap_controller.data.read(slice(0, 50), slice(0, 50)), first)

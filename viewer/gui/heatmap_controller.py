@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,14 @@ from viewer.progress import format_duration
 NO_HEATMAP = "No heatmap yet (Analysis › Run Heatmap, Ctrl+R)"
 
 
+def _read_store(path: Path) -> tuple:
+    """Worker thread: open a stored heatmap and read its overviews (thousands of small files)."""
+    from viewer.heatmap.store import HeatmapStore
+
+    store = HeatmapStore.open(path, mode="r")
+    return store, {kind: store.read_overview(kind) for kind in ("mean", "max")}
+
+
 def heatmap_cache_folder() -> Path:
     """Where the viewer keeps whole-slide heatmap stores (``HISTOVIEWER_CACHE_DIR`` overrides)."""
     override = os.environ.get("HISTOVIEWER_CACHE_DIR")
@@ -51,6 +60,7 @@ def heatmap_cache_folder() -> Path:
 class HeatmapController(QObject):
     finished = Signal(bool)  # True = complete, False = cancelled or failed
     changed = Signal()  # a run started, ended or failed, or the heatmap was cleared
+    cached_shown = Signal()  # a stored heatmap of the open slide was found and is shown
 
     def __init__(
         self, window: QWidget, document: Document, models: ModelController, canvas: Canvas,
@@ -167,15 +177,16 @@ class HeatmapController(QObject):
         folder.mkdir(parents=True, exist_ok=True)
         return store_cache.store_path_in(folder, slide.name, key)
 
-    def _show_data(self, data: HeatmapData | None) -> None:
+    def _show_data(self, data: HeatmapData | None, overviews: dict | None = None) -> None:
         if not isinstance(data, ArrayHeatmap):
             self.heatmap = None
         self.data = data
-        self._layer.set_data(data)
+        self._layer.set_data(data, overviews)
 
     def show_cached(self) -> bool:
         """Show the stored heatmap of the open whole slide for the current model and step, if
-        there is one (reopening a slide shows its finished heatmap at once). True if shown."""
+        there is one (reopening a slide shows its finished heatmap at once). The store and its
+        overviews are read in a worker (thousands of small files); True if one is being read."""
         opened = self._document.opened
         if opened is None:
             return False
@@ -185,23 +196,30 @@ class HeatmapController(QObject):
         try:
             grid, _ = analysis_grid_for(slide, self._model_file(), SlideHeatmapOptions(stride=self.window_step))
             path = self._store_path(slide, grid)
-            if not path.is_dir():
-                return False
-            from viewer.heatmap.store import HeatmapStore
-
-            store = HeatmapStore.open(path, mode="r")
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never an error
             return False
+        if not path.is_dir():
+            return False
+        from viewer.gui.worker import run_in_background
+
+        run_in_background(_read_store, path, on_result=partial(self._on_cached, opened, grid, path),
+                          on_error=lambda _exc: None)  # unreadable: the next run replaces it
+        return True
+
+    def _on_cached(self, opened, grid: AnalysisGrid, path: Path, read: tuple) -> None:
+        if self._document.opened is not opened or self.runner.is_running() or self.data is not None:
+            return  # another image, or a run already shows this slide's heatmap
+        store, overviews = read
         store_cache.touch(path)
         self.stride, self.grid, self.store_path = self.window_step, grid, path
-        self._show_data(StoreHeatmap(store))
+        self._show_data(StoreHeatmap(store), overviews)
         self.complete = bool(store.attrs.get("complete"))
         done, total = store.progress()
         self._panel.set_heatmap_info(
             f"Stored heatmap, window step {self.stride} px" + ("" if self.complete else f" ({done} of {total} chunks; Run continues it)"))
         self.update_actions()
         self.changed.emit()
-        return True
+        self.cached_shown.emit()
 
     def set_window_step(self, step: int) -> None:
         """Use ``step`` px for heatmaps from now on (and remember it); a heatmap on screen or
@@ -275,7 +293,7 @@ class HeatmapController(QObject):
         self.tissue = plan.tissue
         if planned.store is not None:
             store_cache.touch(planned.store.path if hasattr(planned.store, "path") else request.store_path)
-            self._show_data(StoreHeatmap(planned.store))
+            self._show_data(StoreHeatmap(planned.store), planned.overviews)
         self._todo_cells = max(1, planned.todo_cells)
         self._cell_px = plan.cell_area_px
         self._started = time.perf_counter()

@@ -104,8 +104,11 @@ class HeatmapLayer:
         """``"cells"`` or ``"overview"``: what is drawn at the current zoom."""
         return self._mode
 
-    def set_data(self, data: HeatmapData | None) -> None:
-        """Show ``data`` (NaN = not computed); later tiles arrive through :meth:`update_cells`."""
+    def set_data(self, data: HeatmapData | None, overviews: dict[str, np.ndarray] | None = None) -> None:
+        """Show ``data`` (NaN = not computed); later tiles arrive through :meth:`update_cells`.
+
+        ``overviews``: the 1/8 overview arrays ``{"mean", "max"}`` when the caller read them
+        already (off the main thread, for a store); otherwise they are built here from the data."""
         self._data = data
         self._span = self._probs = self._rgba = None
         self._overview = {}
@@ -115,7 +118,9 @@ class HeatmapLayer:
             return
         if not self._small(data):
             for kind in ("mean", "max"):
-                self._overview[kind] = self._initial_overview(data, kind)
+                given = None if overviews is None else overviews.get(kind)
+                self._overview[kind] = (np.array(given, dtype=np.float32) if given is not None
+                                        else self._initial_overview(data, kind))
         self.refresh(force=True)
 
     def set_heatmap(self, probs: np.ndarray | None, stride: int) -> None:

@@ -174,6 +174,9 @@ class PlannedRun:
     store: Any  # viewer.heatmap.store.HeatmapStore or None
     todo_cells: int
     """Tissue cells this run will evaluate (for progress and ETA)."""
+    overviews: dict | None = None
+    """The store's overview arrays as they are (``{"mean", "max"}``), read here, off the main
+    thread: reading a few thousand small files there would freeze the window."""
 
 
 class HeatmapRunner(QObject):
@@ -273,7 +276,8 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator
     if request.scope is not None:
         chunks = [ij for ij in chunks if _chunk_meets(plan, ij, request.scope)]
     counts = plan.chunk_tissue_cells
-    yield PlannedRun(plan, store, int(sum(int(counts[ij]) for ij in chunks)))
+    overviews = None if store is None else {kind: store.read_overview(kind) for kind in ("mean", "max")}
+    yield PlannedRun(plan, store, int(sum(int(counts[ij]) for ij in chunks)), overviews)
     if cancel.is_set():
         return
     tiles = run_to_store(plan, request.model, store, chunks=chunks) if store is not None else iter_slide_heatmap(
