@@ -55,3 +55,16 @@ def test_many_signal_emits_do_not_crash_the_interpreter(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", EMITS], capture_output=True, text=True, timeout=120, env=env,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0 and "survived" in result.stdout, result.stderr[-2000:]
+
+
+def test_started_with_a_file_the_model_loads_after_the_image_and_the_heatmap_waits_for_it(
+        qtbot, make_window, small_image) -> None:
+    """The model load starts a little after the image (so the first view comes first); the
+    heatmap that runs on open waits for it instead of reporting that there is no model."""
+    window = make_window(auto_run=True)
+    window.model = None  # make_window pre-loads one to save time; start as a user does
+    with qtbot.waitSignal(window.heatmap_finished, timeout=120_000) as done:
+        window.start(str(small_image))
+        assert window.model_controller.loading  # counts as loading before the work starts
+    assert done.args == [True]
+    assert window.model is not None and window.heatmap is not None

@@ -44,6 +44,10 @@ from viewer.slide import IMAGE_SUFFIXES
 
 APP_NAME = "HistoViewer"
 
+MODEL_LOAD_DELAY_MS = 600
+"""When started with a file, the model load waits this long, so the slide's first view (about
+0.7 s without the TensorFlow import competing) comes first; the heatmap waits for the model."""
+
 
 def _forwarded(controller: str, name: str) -> property:
     """A window attribute kept for tests, benchmarks and scripts; it lives in a controller."""
@@ -222,7 +226,11 @@ class MainWindow(QMainWindow):
         """Begin loading the model in the background and open ``image`` if given."""
         if self._closing:
             return  # closed before the event loop got here
-        self.load_model(self.model_path)
+        # Importing TensorFlow takes seconds of mostly GIL-holding work: started at once, it
+        # halves the speed of showing the slide. With a file to show, it starts a little later
+        # (a heatmap asked for meanwhile waits for the model as usual).
+        self.model_controller.load(self.model_path, delay_ms=MODEL_LOAD_DELAY_MS if image else 0)
+        self.heatmap_controller.update_actions()
         if image:
             self.open_image(image, annotations)
 

@@ -48,11 +48,12 @@ class ModelController(QObject):
             self._settings.set_last_folder("models", path)
         return path
 
-    def load(self, path: str | None) -> None:
-        """Load a model in the background (None = bundled); the current one stays until then."""
+    def load(self, path: str | None, *, delay_ms: int = 0) -> None:
+        """Load a model in the background (None = bundled); the current one stays until then.
+        ``delay_ms``: start the load that much later (it counts as loading from now on)."""
         self.problem = None
         self._status.showMessage("Loading the model…" if path is None else f"Loading model {Path(path).name}…")
-        self.loader.load(path)
+        self.loader.load(path, delay_ms=delay_ms)
 
     def use(self, model: object, path: str | None) -> None:
         """Make a freshly loaded model the current one."""

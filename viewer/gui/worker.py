@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
 
 from viewer.errors import InputError
 from viewer.gui.qt_workarounds import apply_workarounds
@@ -98,10 +98,19 @@ class ModelLoader(QObject):
         self.loading = False
         self._done.connect(self._on_done)
 
-    def load(self, path: str | None) -> None:
-        """Start loading ``path`` (None = bundled); a later call supersedes an earlier one."""
+    def load(self, path: str | None, *, delay_ms: int = 0) -> None:
+        """Start loading ``path`` (None = bundled); a later call supersedes an earlier one.
+        ``delay_ms`` > 0 starts the work later, but the load counts as under way at once."""
         self._generation = generation = next(_generations)
         self.loading = True
+        if delay_ms > 0:
+            QTimer.singleShot(delay_ms, self, partial(self._submit, generation, path))
+        else:
+            self._submit(generation, path)
+
+    def _submit(self, generation: int, path: str | None) -> None:
+        if generation != self._generation:
+            return  # superseded, or discarded because the window closed
         future = _model_thread().submit(_load_model, path)
         future.add_done_callback(partial(self._report, generation, path))
 
