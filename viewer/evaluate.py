@@ -59,8 +59,12 @@ def evaluate_images(
     stride: int = DEFAULT_STRIDE,
     heatmap: bool = True,
     progress: Callable[[str], None] | None = None,
+    precision: str = "float32",
 ) -> dict:
-    """Patch metrics and heatmap AUC of ``model`` on already-opened images (JSON-ready dict)."""
+    """Patch metrics and heatmap AUC of ``model`` on already-opened images (JSON-ready dict).
+
+    ``precision``: of the heatmaps (already resolved for this CPU: see
+    :func:`viewer.heatmap.precision.resolve_precision`); patch metrics are float32."""
     patches = concat_patchsets([evaluation_patches(img, seed) for img in images])
     scores = predict_patches(model, patches.x)
     result: dict = {"images": [img.name for img in images]}
@@ -68,6 +72,7 @@ def evaluate_images(
     result["n_patches"] = len(patches)
     result["heatmap_auc"] = None
     result["heatmap_stride"] = stride
+    result["heatmap_precision"] = precision
     if heatmap and images:
         try:
             from viewer.heatmap import compute_heatmap
@@ -77,7 +82,7 @@ def evaluate_images(
             labels, scores_h, per_image = [], [], {}
             for img in images:
                 t0 = time.perf_counter()
-                hm = compute_heatmap(img.pixels, model, stride=stride)
+                hm = compute_heatmap(img.pixels, model, stride=stride, precision=precision)
                 lab, sc = heatmap_scores_and_labels(hm, img.tumour_points, img.all_points, stride)
                 labels.append(lab)
                 scores_h.append(sc)
@@ -153,16 +158,30 @@ def run_evaluation(
     seed: int = 0,
     heatmap: bool = True,
     progress: Callable[[str], None] | None = None,
+    precision: str = "float32",
+    threads: int | None = None,
 ) -> dict:
-    """Everything ``histoviewer evaluate`` prints, as a dict."""
+    """Everything ``histoviewer evaluate`` prints, as a dict.
+
+    ``precision``: of the heatmap AUC's heatmaps (bfloat16 falls back to float32, with a note in
+    ``report["notes"]``, where the CPU or the model cannot use it). ``threads``: cap on
+    TensorFlow's threads, applied before the model is loaded."""
+    from viewer.heatmap.engine import effective_precision
+    from viewer.heatmap.precision import configure_threads, resolve_precision
     from viewer.model import bundled_model_path, file_sha256, load_model
 
+    notes: list[str] = []
+    precision = resolve_precision(precision, notes)
+    configure_threads(threads, notes)
     path = bundled_model_path() if model_path is None else Path(model_path)
     model = load_model(path)
+    if effective_precision(model, DEFAULT_STRIDE, precision) != precision:
+        notes.append("bfloat16 needs the fully convolutional pass; this model's heatmaps are computed in float32")
+        precision = "float32"
     entries, source = choose_images(data_dir, path, split, seed)
     images = [load_labelled(e) for e in entries]
     t0 = time.perf_counter()
-    result = evaluate_images(model, images, seed=seed, heatmap=heatmap, progress=progress)
+    result = evaluate_images(model, images, seed=seed, heatmap=heatmap, progress=progress, precision=precision)
     report = {
         "model": str(path),
         "model_sha256": file_sha256(path),
@@ -178,4 +197,5 @@ def run_evaluation(
         "patches": result["n_patches"],
     }
     report["seconds"] = round(time.perf_counter() - t0, 2)
+    report["notes"] = notes
     return report

@@ -149,14 +149,51 @@ def test_plan_orders_tiles_outward_from_a_point():
     assert [(r.start, c.start) for r, c in raster.tiles] == sorted((r.start, c.start) for r, c in raster.tiles)
 
 
-def test_default_tiles_are_balanced():
+def test_default_plan_uses_bulk_tiles_with_little_padding():
     plan = hm.plan_heatmap(1024, 1360, 8)
-    heights = {r.stop - r.start for r, _ in plan.tiles}
-    widths = {c.stop - c.start for _, c in plan.tiles}
-    # 125 x 167 cells split into near-equal tiles: no thin edge tiles that waste padded work.
-    assert max(heights) == plan.tile_rows and min(heights) >= 0.85 * plan.tile_rows
-    assert max(widths) == plan.tile_cols and min(widths) >= 0.85 * plan.tile_cols
-    assert plan.tile_rows * 8 <= 400 and plan.tile_cols * 8 <= 400
+    assert (plan.tile_rows, plan.tile_cols) == (125, 128) and len(plan) == 2  # ~1024 px tiles
+    assert hm.bulk_tile_cells(8) == 128 and hm.tile_quantum(8) == 8
+    for rows, cols in plan.tiles:
+        padded = plan.padded_shape(rows, cols)
+        assert padded[0] % 8 == 0 and padded[1] % 8 == 0
+        assert rows.stop - rows.start <= padded[0] < rows.stop - rows.start + 8
+        assert cols.stop - cols.start <= padded[1] < cols.stop - cols.start + 8
+    assert plan.padded_cells() <= 1.04 * plan.cells  # edge tiles padded to 8 cells, not to 128
+
+
+def test_interactive_plan_starts_with_a_small_tile_at_the_point():
+    point = (700.0, 300.0)
+    plan = hm.plan_heatmap(1024, 1360, 8, order_from=point)
+    assert (_coverage(plan) == 1).all()
+    rows, cols = plan.tiles[0]
+    assert rows.stop - rows.start == cols.stop - cols.start == hm.default_tile_cells(8) == 32
+    cell = hm.pixel_to_cell(*point, plan.shape, 8)
+    assert rows.start <= cell[0] < rows.stop and cols.start <= cell[1] < cols.stop
+    rest = [math.dist(plan.tile_centre(i), point) for i in range(1, len(plan))]
+    assert rest == sorted(rest)
+    assert max(r.stop - r.start for r, _ in plan.tiles[1:]) > 32  # the rest in bulk tiles
+    corner = hm.plan_heatmap(1024, 1360, 8, order_from=(-50.0, 5000.0))  # clamped into the image
+    assert corner.tiles[0] == (slice(93, 125), slice(0, 32)) and (_coverage(corner) == 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(32, 3000),
+    width=st.integers(32, 3000),
+    stride=st.sampled_from([4, 8, 12, 16, 32]),
+    centre=st.one_of(st.none(), st.tuples(st.floats(-100, 3100), st.floats(-100, 3100))),
+)
+def test_adaptive_plans_use_a_few_fixed_shapes(height, width, stride, centre):
+    """Retracing and kernel set-up stay bounded: every padded tile shape is a multiple of the
+    quantum no larger than a bulk tile, whatever the image size."""
+    plan = hm.plan_heatmap(height, width, stride, order_from=centre)
+    assert (_coverage(plan) == 1).all()
+    q, big = hm.tile_quantum(stride), hm.bulk_tile_cells(stride)
+    assert plan.quantum == (q, q)
+    for rows, cols in plan.tiles:
+        padded = plan.padded_shape(rows, cols)
+        assert all(side % q == 0 and 0 < side <= big for side in padded)
+        assert padded[0] - (rows.stop - rows.start) < q and padded[1] - (cols.stop - cols.start) < q
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ number of seeded non-tumour windows (no annotated point of any class inside the 
 by 4 px); accuracy at threshold 0.5, ROC AUC, confusion matrix [[TN, FP], [FN, TP]].
 Heatmap AUC: over the stride-8 heatmap windows of every image: positives are windows whose
 centre lies within 8 px of a tumour point, negatives windows with no annotated point (any class)
-inside the window expanded by 4 px; all other windows are ignored.
+inside the window expanded by 4 px; all other windows are ignored. --precision bfloat16 computes
+those heatmaps in bfloat16 (where the CPU has it), to see what it changes; patch metrics are
+always float32.
 """
 
 
@@ -38,15 +40,21 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the non-tumour sampling, and of the split when none is recorded (default 0)")
     parser.add_argument("--no-heatmap", action="store_true", help="skip the heatmap AUC (faster)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    from viewer.commands.heatmap import add_compute_options
+
+    add_compute_options(parser)  # --precision (of the heatmap AUC's heatmaps) and --threads
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from viewer.commands.heatmap import check_threads
     from viewer.evaluate import run_evaluation
 
+    check_threads(args.threads)
     progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     report = run_evaluation(args.data, args.model, split=args.split, seed=args.seed,
-                            heatmap=not args.no_heatmap, progress=progress)
+                            heatmap=not args.no_heatmap, progress=progress,
+                            precision=args.precision, threads=args.threads)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -61,9 +69,12 @@ def run(args) -> int:
     hm = report.get("heatmap_auc")
     if hm is not None:
         w = report["heatmap_windows"]
-        print(f"heatmap_auc: {hm:.4f}  ({w['positive']} positive, {w['negative']} negative stride-8 windows)")
+        print(f"heatmap_auc: {hm:.4f}  ({w['positive']} positive, {w['negative']} negative stride-8 windows, "
+              f"{report['heatmap_precision']})")
     elif report.get("heatmap_note"):
         print(f"heatmap_auc: n/a ({report['heatmap_note']})")
+    for note in report.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

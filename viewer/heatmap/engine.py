@@ -56,9 +56,22 @@ METHODS = ("auto", METHOD_EXACT, METHOD_WINDOWS)
 """``method`` values for the engine: ``auto`` picks the exact fully convolutional pass when the
 model and stride allow it and batched windows otherwise."""
 
-_TARGET_TILE_PX = 320
-"""Default tile side in image pixels for the fully convolutional pass (about 10-20 ms per tile
-on two cores; larger tiles amortise the 24 px halo better but make the first tile slower)."""
+_INTERACTIVE_TILE_PX = 256
+"""Side of a first, interactive tile in image pixels (32 cells at stride 8, a 280 px block with
+its halo): a few ms warm on two cores, so the first painted tile never waits for a big one."""
+
+_BULK_TILE_PX = 1024
+"""Side of a bulk tile in image pixels (128 cells at stride 8, a 1048 px block). Per cell, the
+24 px halo costs 5 % at this size against 19 % at 256 px, and one call per ~16 000 cells keeps
+Python and TensorFlow's per-call overhead out of the way. Larger tiles gain nothing more on two
+cores (benchmarks/README.md) while the first convolution's float32 output (~140 MB here) grows
+with the square of the side."""
+
+_SHAPE_QUANTUM_PX = 64
+"""Tiles are padded up to a multiple of this many image pixels (8 cells at stride 8) per side:
+tile shapes come from a small fixed set (at most ``(1024/64)**2`` per stride), so oneDNN's
+kernels made for a shape are reused by every later tile of that shape, while an edge tile
+wastes at most 56 px of padding."""
 
 _TARGET_TILE_CELLS_WINDOWS = 32
 """Default tile side in cells for the batched-window fallback (1024 windows per tile)."""
@@ -156,12 +169,34 @@ class HeatmapTile(NamedTuple):
     probabilities: np.ndarray
 
 
+def tile_quantum(stride: int = DEFAULT_STRIDE) -> int:
+    """Tile sides of the adaptive plans are padded up to a multiple of this many cells (64 px)."""
+    stride = _check_stride(stride)
+    return max(1, round(_SHAPE_QUANTUM_PX / stride))
+
+
+def _quantised(cells_px: float, stride: int) -> int:
+    q = tile_quantum(stride)
+    return max(q, round(cells_px / stride / q) * q)
+
+
 def default_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
-    """Target tile side in cells: about 320 px of image for strides that are multiples of 4
-    (the exact fully convolutional pass), 32 cells (1024 windows) otherwise."""
+    """Side in cells of an interactive tile: about 256 px of image (32 cells at stride 8) for
+    strides that are multiples of 4 (the exact fully convolutional pass), 32 cells (1024
+    windows) otherwise. The first tile of an interactive plan, and a microscope field's chunk."""
     stride = _check_stride(stride)
     if stride % 4 == 0:
-        return max(4, round(_TARGET_TILE_PX / stride))
+        return _quantised(_INTERACTIVE_TILE_PX, stride)
+    return _TARGET_TILE_CELLS_WINDOWS
+
+
+def bulk_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
+    """Side in cells of a bulk tile: about 1024 px of image (128 cells at stride 8) for the
+    fully convolutional pass; 32 cells for strides that are not multiples of 4 (batched windows,
+    where tile size changes nothing but how often a run can be stopped)."""
+    stride = _check_stride(stride)
+    if stride % 4 == 0:
+        return _quantised(_BULK_TILE_PX, stride)
     return _TARGET_TILE_CELLS_WINDOWS
 
 
@@ -173,14 +208,23 @@ def _balanced(cells: int, target: int) -> int:
     return -(-cells // count)
 
 
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
 @dataclass(frozen=True)
 class HeatmapPlan:
     """The tiles of one heatmap, in the order the engine computes them.
 
     ``len(plan)`` is the number of tiles the engine will yield (use it for progress);
-    ``plan.tiles[i]`` is the ``(row_slice, col_slice)`` of the i-th tile. Tiles are
-    ``tile_rows`` x ``tile_cols`` cells, except at the bottom and right edges, and cover every
-    cell exactly once.
+    ``plan.tiles[i]`` is the ``(row_slice, col_slice)`` of the i-th tile. The tiles cover every
+    cell exactly once. ``tile_rows`` x ``tile_cols`` is the largest tile.
+
+    Shapes: each tile is evaluated on a block padded to :meth:`padded_shape` (the padding only
+    feeds windows outside the tile, which are dropped). With ``quantum=None`` every tile is padded
+    to ``tile_rows`` x ``tile_cols`` (one shape per plan); with ``quantum=(qr, qc)`` each side is
+    rounded up to a multiple of ``qr`` / ``qc`` cells, so tiles of different sizes share a few
+    fixed shapes.
     """
 
     height: int
@@ -190,6 +234,7 @@ class HeatmapPlan:
     tile_cols: int
     tiles: tuple[tuple[slice, slice], ...]
     order_from: tuple[float, float] | None = None
+    quantum: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -207,12 +252,56 @@ class HeatmapPlan:
     def __iter__(self) -> Iterator[tuple[slice, slice]]:
         return iter(self.tiles)
 
+    def padded_shape(self, rows: slice, cols: slice) -> tuple[int, int]:
+        """``(rows, cols)`` in cells of the block a tile is evaluated on."""
+        if self.quantum is None:
+            return self.tile_rows, self.tile_cols
+        return _round_up(rows.stop - rows.start, self.quantum[0]), _round_up(cols.stop - cols.start, self.quantum[1])
+
+    def padded_cells(self) -> int:
+        """Cells evaluated including the padding (work done, against :attr:`cells` needed)."""
+        total = 0
+        for rows, cols in self.tiles:
+            r, c = self.padded_shape(rows, cols)
+            total += r * c
+        return total
+
     def tile_centre(self, index: int) -> tuple[float, float]:
         """Image pixel ``(x, y)`` at the centre of a tile's window centres."""
-        rows, cols = self.tiles[index]
-        x0, y0 = cell_centre(rows.start, cols.start, self.stride)
-        x1, y1 = cell_centre(rows.stop - 1, cols.stop - 1, self.stride)
-        return (x0 + x1) / 2, (y0 + y1) / 2
+        return _tile_centre(self.tiles[index], self.stride)
+
+
+def _tile_centre(tile: tuple[slice, slice], stride: int) -> tuple[float, float]:
+    rows, cols = tile
+    x0, y0 = cell_centre(rows.start, cols.start, stride)
+    x1, y1 = cell_centre(rows.stop - 1, cols.stop - 1, stride)
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def _cover(r0: int, r1: int, c0: int, c1: int, side: int, side_cols: int | None = None) -> list[tuple[slice, slice]]:
+    """Tiles of ``side`` x ``side_cols`` (default ``side``) cells over the rectangle, in raster
+    order; the last row and column of tiles are shorter."""
+    side_cols = side if side_cols is None else side_cols
+    return [
+        (slice(r, min(r + side, r1)), slice(c, min(c + side_cols, c1)))
+        for r in range(r0, r1, side)
+        for c in range(c0, c1, side_cols)
+    ]
+
+
+def _interactive_tiles(rows: int, cols: int, stride: int, point: tuple[float, float]) -> list[tuple[slice, slice]]:
+    """One small tile around ``point``, then bulk tiles over the rest (bands above and below it,
+    pieces left and right of it)."""
+    small, big = default_tile_cells(stride), bulk_tile_cells(stride)
+    cx = (point[0] - WINDOW_CENTRE_OFFSET) / stride  # the cell column whose centre is at x
+    cy = (point[1] - WINDOW_CENTRE_OFFSET) / stride
+    n_r, n_c = min(small, rows), min(small, cols)
+    r0 = int(min(max(round(cy - n_r / 2 + 0.5), 0), rows - n_r))
+    c0 = int(min(max(round(cx - n_c / 2 + 0.5), 0), cols - n_c))
+    r1, c1 = r0 + n_r, c0 + n_c
+    rest = _cover(0, r0, 0, cols, big) + _cover(r1, rows, 0, cols, big)
+    rest += _cover(r0, r1, 0, c0, big) + _cover(r0, r1, c1, cols, big)
+    return [(slice(r0, r1), slice(c0, c1))] + rest
 
 
 def plan_heatmap(
@@ -225,39 +314,53 @@ def plan_heatmap(
 ) -> HeatmapPlan:
     """Cut the heatmap of a ``height`` x ``width`` image into tiles, in computing order.
 
-    ``tile_cells``: tile size in cells, an int or ``(rows, cols)``; ``None`` picks a size near
-    :func:`default_tile_cells` that splits the heatmap into equal tiles. ``order_from``: an image
-    pixel ``(x, y)`` (e.g. the centre of the visible area); tiles are then ordered by the distance
-    of their centre from it, nearest first (ties in raster order). ``None``: raster order.
-    Cheap (no TensorFlow); the engine uses exactly this plan, so ``len()`` gives the tile count.
+    ``tile_cells``: tile size in cells, an int or ``(rows, cols)``: every tile that size (edge
+    tiles smaller, evaluated padded to it). ``None``, the adaptive plan: bulk tiles of
+    :func:`bulk_tile_cells` (about 1024 px) with edge tiles padded to a multiple of
+    :func:`tile_quantum`; with ``order_from`` the first tile is a small interactive one
+    (:func:`default_tile_cells`, about 256 px) around that point, so it is painted at once.
+    (Strides that are not multiples of 4 use balanced tiles of 32 cells.)
+
+    ``order_from``: an image pixel ``(x, y)`` (e.g. the centre of the visible area); tiles are
+    ordered by the distance of their centre from it, nearest first (ties in raster order).
+    ``None``: raster order. Cheap (no TensorFlow); the engine uses exactly this plan, so
+    ``len()`` gives the tile count.
     """
     stride = _check_stride(stride)
     rows, cols = heatmap_shape(height, width, stride)
-    if tile_cells is None:
-        target = default_tile_cells(stride)
-        tile_rows, tile_cols = _balanced(rows, target), _balanced(cols, target)
-    else:
+    quantum: tuple[int, int] | None = None
+    if tile_cells is not None:
         tile_rows, tile_cols = (tile_cells, tile_cells) if np.isscalar(tile_cells) else tuple(tile_cells)
         if int(tile_rows) != tile_rows or int(tile_cols) != tile_cols or tile_rows < 1 or tile_cols < 1:
             raise ValueError(f"tile_cells must be positive whole numbers, got {tile_cells!r}")
         tile_rows, tile_cols = int(tile_rows), int(tile_cols)
-    tiles = [
-        (slice(r, min(r + tile_rows, rows)), slice(c, min(c + tile_cols, cols)))
-        for r in range(0, rows, tile_rows)
-        for c in range(0, cols, tile_cols)
-    ]
+    elif stride % 4:
+        target = default_tile_cells(stride)
+        tile_rows, tile_cols = _balanced(rows, target), _balanced(cols, target)
+    else:
+        q = tile_quantum(stride)
+        quantum = (q, q)
+        if order_from is not None and rows and cols:
+            tiles = _interactive_tiles(rows, cols, stride, (float(order_from[0]), float(order_from[1])))
+        else:
+            tiles = _cover(0, rows, 0, cols, bulk_tile_cells(stride))
+    if quantum is None:
+        tiles = _cover(0, rows, 0, cols, tile_rows, tile_cols)
+    else:
+        tile_rows = max((r.stop - r.start for r, _ in tiles), default=1)
+        tile_cols = max((c.stop - c.start for _, c in tiles), default=1)
     if order_from is not None:
         px, py = float(order_from[0]), float(order_from[1])
+        first = tiles[:1] if quantum is not None else []  # the interactive tile stays first
 
         def distance(item: tuple[int, tuple[slice, slice]]) -> tuple[float, int]:
-            index, (rs, cs) = item
-            x0, y0 = cell_centre(rs.start, cs.start, stride)
-            x1, y1 = cell_centre(rs.stop - 1, cs.stop - 1, stride)
-            return (math.hypot((x0 + x1) / 2 - px, (y0 + y1) / 2 - py), index)
+            index, tile = item
+            x, y = _tile_centre(tile, stride)
+            return (math.hypot(x - px, y - py), index)
 
-        tiles = [tile for _, tile in sorted(enumerate(tiles), key=distance)]
+        tiles = first + [tile for _, tile in sorted(enumerate(tiles[len(first):]), key=distance)]
         order_from = (px, py)
-    return HeatmapPlan(int(height), int(width), stride, tile_rows, tile_cols, tuple(tiles), order_from)
+    return HeatmapPlan(int(height), int(width), stride, tile_rows, tile_cols, tuple(tiles), order_from, quantum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,12 +486,13 @@ def _weights_fingerprint(model) -> str:
 
 
 class _ModelEngines:
-    """Per-model cache: the analysed spec, the traced exact pass per stride, the traced window batch."""
+    """Per-model cache: the analysed spec, the traced exact pass per (stride, precision), the
+    traced window batch."""
 
     def __init__(self, model) -> None:
         self.spec, self.reason = _analyse(model)
         self.fingerprint = _weights_fingerprint(model) if self.spec is not None else None
-        self.exact: dict[int, Any] = {}
+        self.exact: dict[tuple[int, str], Any] = {}
         self.windows: Any = None
         self.lock = threading.Lock()
 
@@ -421,6 +525,19 @@ def heatmap_method(model, stride: int = DEFAULT_STRIDE) -> str:
     return METHOD_WINDOWS
 
 
+def effective_precision(model, stride: int = DEFAULT_STRIDE, precision: str = "float32") -> str:
+    """The precision the engine computes ``model`` in at ``stride`` when asked for ``precision``
+    (already checked against the CPU, see :func:`viewer.heatmap.precision.resolve_precision`):
+    bfloat16 runs in the fully convolutional pass only, so a model or stride that falls back to
+    batched windows is computed (exactly) in float32."""
+    from viewer.heatmap.precision import BFLOAT16, FLOAT32, check_precision
+
+    precision = check_precision(precision)
+    if precision == BFLOAT16 and heatmap_method(model, stride) != METHOD_EXACT:
+        return FLOAT32
+    return precision
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluators
 # ---------------------------------------------------------------------------------------------
@@ -449,47 +566,70 @@ def _tf_activation(tf, name: str):
     }[name]
 
 
-def _exact_function(engines: _ModelEngines, stride: int):
-    """Traced fully convolutional pass over one (1, h, w, 3) uint8 tile (cached per stride).
+def _exact_function(engines: _ModelEngines, stride: int, precision: str = "float32"):
+    """Traced fully convolutional pass over one (1, h, w, 3) uint8 tile (cached per stride and
+    precision).
 
     Traced once with free height and width: a new tile shape then costs only oneDNN's kernel
-    set-up (a few ms), not a new trace and graph optimisation (~40 ms). The engine still feeds
-    one fixed shape per image (edge tiles padded), so those kernels are reused for every tile.
+    set-up (a few ms), not a new trace and graph optimisation (~40 ms). Plans pad their tiles to
+    a few fixed shapes, so those kernels are reused for every tile.
+
+    ``precision="bfloat16"``: the first convolution (and its ReLU and max-pool) stays float32,
+    its pooled output is cast to bfloat16 once, every later layer runs in bfloat16 (its weights
+    rounded, products accumulated in float32 by oneDNN), and the last layer and its sigmoid are
+    float32 again. Rounding the [0, 1] input pixels to bfloat16's 8 significant bits was the
+    largest error of an all-bfloat16 pass (issue 10: max |diff| up to 0.078 against 0.009 this
+    way), and the first convolution is a tenth of the work.
     """
+    key = (stride, precision)
     with engines.lock:
-        fn = engines.exact.get(stride)
+        fn = engines.exact.get(key)
         if fn is not None:
             return fn
         tf = _tf()
         spec = engines.spec
         step = stride // spec.downsample
+        layers = [stage for stage in spec.features]
+        layers += [("conv", kernel, bias, act, step if i == 0 else 1) for i, (kernel, bias, act) in enumerate(spec.dense)]
+        low = tf.bfloat16 if precision == "bfloat16" else tf.float32
+        # Stages [start_low, last) compute in `low`; the rest in float32.
+        first_conv = next(i for i, stage in enumerate(layers) if stage[0] == "conv")
+        first_pool = next((i for i, stage in enumerate(layers) if stage[0] == "pool" and i > first_conv), None)
+        start_low = (first_pool if first_pool is not None else first_conv) + 1
+        last = len(layers) - 1
         stages = []
-        for stage in spec.features:
-            if stage[0] == "conv":
-                _, kernel, bias, act = stage
-                stages.append(("conv", tf.constant(kernel), None if bias is None else tf.constant(bias), 1, _tf_activation(tf, act)))
-            else:
-                stages.append(("pool", stage[1]))
-        for i, (kernel, bias, act) in enumerate(spec.dense):
-            stages.append(("conv", tf.constant(kernel), None if bias is None else tf.constant(bias), step if i == 0 else 1, _tf_activation(tf, act)))
+        for i, stage in enumerate(layers):
+            dtype = low if start_low <= i < last else tf.float32
+            if stage[0] == "pool":
+                stages.append(("pool", stage[1], dtype))
+                continue
+            _, kernel, bias, act = stage[:4]
+            conv_stride = stage[4] if len(stage) > 4 else 1
+            stages.append((
+                "conv", tf.constant(kernel, dtype=dtype), None if bias is None else tf.constant(bias, dtype=dtype),
+                conv_stride, _tf_activation(tf, act), dtype,
+            ))
 
         def forward(tile):
             x = tf.cast(tile, tf.float32) / 255.0
             for stage in stages:
+                dtype = stage[-1]
+                if x.dtype != dtype:
+                    x = tf.cast(x, dtype)
                 if stage[0] == "pool":
                     x = tf.nn.max_pool2d(x, stage[1], stage[1], "VALID")
                     continue
-                _, kernel, bias, conv_stride, act = stage
+                _, kernel, bias, conv_stride, act, _ = stage
                 x = tf.nn.conv2d(x, kernel, conv_stride, "VALID")
                 if bias is not None:
                     x = tf.nn.bias_add(x, bias)
                 if act is not None:
                     x = act(x)
-            return x[0, :, :, 0]
+            return tf.cast(x[0, :, :, 0], tf.float32)
 
         fn = tf.function(forward, input_signature=[tf.TensorSpec((1, None, None, 3), tf.uint8)], autograph=False)
         fn = fn.get_concrete_function()
-        engines.exact[stride] = fn
+        engines.exact[key] = fn
         return fn
 
 
@@ -538,19 +678,19 @@ class _ArrayPixels:
 
 
 class _ExactEvaluator:
-    def __init__(self, engines: _ModelEngines, pixels, plan: HeatmapPlan) -> None:
-        s = plan.stride
-        self.stride = s
-        # Every tile reads a block of one fixed shape (edge tiles padded), so oneDNN reuses its
-        # kernels for every tile. Padded windows only feed cells outside the heatmap, dropped.
-        self.in_h = (plan.tile_rows - 1) * s + PATCH_SIZE
-        self.in_w = (plan.tile_cols - 1) * s + PATCH_SIZE
+    def __init__(self, engines: _ModelEngines, pixels, plan: HeatmapPlan, precision: str) -> None:
+        self.stride = plan.stride
+        self.plan = plan
         self.pixels = pixels
-        self.fn = _exact_function(engines, s)
+        self.fn = _exact_function(engines, plan.stride, precision)
 
     def __call__(self, rows: slice, cols: slice) -> np.ndarray:
-        y0, x0 = rows.start * self.stride, cols.start * self.stride
-        block = self.pixels.block(x0, y0, self.in_w, self.in_h)[None]
+        # Each tile reads a block of one of the plan's few fixed shapes (padded past the tile),
+        # so oneDNN reuses its kernels from tile to tile. Padded windows are dropped.
+        s = self.stride
+        pad_rows, pad_cols = self.plan.padded_shape(rows, cols)
+        y0, x0 = rows.start * s, cols.start * s
+        block = self.pixels.block(x0, y0, (pad_cols - 1) * s + PATCH_SIZE, (pad_rows - 1) * s + PATCH_SIZE)[None]
         _STATS["calls"] += 1
         out = self.fn(block).numpy()
         return np.ascontiguousarray(out[: rows.stop - rows.start, : cols.stop - cols.start], dtype=np.float32)
@@ -614,6 +754,7 @@ def iter_heatmap_tiles(
     order_from: tuple[float, float] | None = None,
     plan: HeatmapPlan | None = None,
     method: str = "auto",
+    precision: str = "float32",
 ) -> Iterator[HeatmapTile]:
     """Compute a heatmap tile by tile: yields :class:`HeatmapTile` ``(rows, cols, probabilities)``.
 
@@ -622,9 +763,16 @@ def iter_heatmap_tiles(
     slide on demand (never the whole slide). ``model``: maps 32x32x3 float windows
     to one probability. Tiles come in the order of ``plan`` (default
     ``plan_heatmap(H, W, stride, tile_cells=..., order_from=...)``, so ``len()`` of that plan is
-    the number of tiles): outward from the image pixel ``order_from`` if given, else raster.
-    Every cell is yielded exactly once. ``method``: ``"auto"`` (exact fully convolutional pass
-    when possible), ``"fully-convolutional"`` (error if impossible) or ``"windows"``.
+    the number of tiles): outward from the image pixel ``order_from`` if given (a small first
+    tile there, then bulk tiles), else raster. Every cell is yielded exactly once. ``method``:
+    ``"auto"`` (exact fully convolutional pass when possible), ``"fully-convolutional"`` (error
+    if impossible) or ``"windows"``.
+
+    ``precision``: ``"float32"`` (default; equal to the sliding window to float round-off) or
+    ``"bfloat16"`` (about twice as fast on CPUs with bfloat16 units; probabilities within about
+    0.01 of float32). On a CPU without bfloat16 units, bfloat16 warns once and computes in
+    float32; the batched-window fallback always computes in float32
+    (:func:`effective_precision` says which one a run uses).
 
     Arguments are checked and the model is analysed when this is called; the tiles themselves
     are computed lazily, one per ``next()``, in the calling thread. To cancel, stop iterating:
@@ -634,6 +782,7 @@ def iter_heatmap_tiles(
     stride = _check_stride(stride)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    precision = _runnable_precision(precision)
     pixels = image if hasattr(image, "block") else _ArrayPixels(image)
     if plan is None:
         plan = plan_heatmap(pixels.height, pixels.width, stride, tile_cells=tile_cells, order_from=order_from)
@@ -645,13 +794,34 @@ def iter_heatmap_tiles(
         why = engines.reason or f"stride {stride} is not a multiple of {engines.spec.downsample}"
         raise ValueError(f"the fully convolutional pass cannot evaluate this model: {why}")
     use_exact = exact_ok and method != METHOD_WINDOWS
-    return _generate(engines, model, pixels, plan, use_exact)
+    return _generate(engines, model, pixels, plan, use_exact, precision)
 
 
-def _generate(engines, model, pixels, plan, use_exact) -> Iterator[HeatmapTile]:
+_FALLBACK_WARNED = False
+
+
+def _runnable_precision(precision: str) -> str:
+    """``precision``, or float32 (warning once per process) for bfloat16 on a CPU without it."""
+    global _FALLBACK_WARNED
+    from viewer.heatmap.precision import resolve_precision
+
+    notes: list[str] = []
+    resolved = resolve_precision(precision, notes)
+    if notes and not _FALLBACK_WARNED:
+        import warnings
+
+        _FALLBACK_WARNED = True
+        warnings.warn(notes[0], RuntimeWarning, stacklevel=3)
+    return resolved
+
+
+def _generate(engines, model, pixels, plan, use_exact, precision) -> Iterator[HeatmapTile]:
     if not plan.tiles:
         return
-    evaluate = _ExactEvaluator(engines, pixels, plan) if use_exact else _WindowEvaluator(engines, model, pixels, plan)
+    if use_exact:
+        evaluate = _ExactEvaluator(engines, pixels, plan, precision)
+    else:
+        evaluate = _WindowEvaluator(engines, model, pixels, plan)
     for rows, cols in plan.tiles:
         probabilities = evaluate(rows, cols)
         _STATS["tiles"] += 1
@@ -665,12 +835,15 @@ def compute_heatmap(
     *,
     tile_cells: int | tuple[int, int] | None = None,
     method: str = "auto",
+    precision: str = "float32",
 ) -> np.ndarray:
     """The whole heatmap: float32 ``(rows, cols)``, cell ``(r, c)`` = P(tumour) of the 32x32
-    window with top-left pixel ``(stride*c, stride*r)``. Drains :func:`iter_heatmap_tiles`."""
+    window with top-left pixel ``(stride*c, stride*r)``. Drains :func:`iter_heatmap_tiles`
+    (bulk tiles unless ``tile_cells`` is given; ``precision`` as there)."""
     image = _check_image(image)
     out = np.full(heatmap_shape(image.shape[0], image.shape[1], stride), np.nan, dtype=np.float32)
-    for rows, cols, probabilities in iter_heatmap_tiles(image, model, stride, tile_cells=tile_cells, method=method):
+    tiles = iter_heatmap_tiles(image, model, stride, tile_cells=tile_cells, method=method, precision=precision)
+    for rows, cols, probabilities in tiles:
         out[rows, cols] = probabilities
     return out
 
@@ -697,18 +870,42 @@ def warm_up(
     image_shape: tuple[int, int] | None = None,
     *,
     tile_cells: int | tuple[int, int] | None = None,
+    precision: str = "float32",
 ) -> None:
     """Prepare the engine so the first real tile comes quickly; call it in a worker right after
-    loading the model. It analyses the model, traces the engine for ``stride`` and computes one
-    tile of a small blank image, which starts TensorFlow's runtime; afterwards the first tile of
-    any image costs its compute time plus a few ms of kernel set-up. With ``image_shape=(H, W)``
-    the blank image has that size, so even that set-up is done for such images.
+    loading the model. It analyses the model, traces the engine for ``stride`` and ``precision``
+    and computes the interactive first tile of a small blank image, which starts TensorFlow's
+    runtime; afterwards the first tile of any image costs its compute time plus a few ms of
+    kernel set-up. With ``image_shape=(H, W)`` the blank image has that size and every tile
+    shape of its bulk plan is set up too, so even that set-up is done for such images.
     """
-    height, width = image_shape if image_shape is not None else (2 * PATCH_SIZE, 2 * PATCH_SIZE)
+    small = default_tile_cells(stride) if _check_stride(stride) % 4 == 0 else None
+    if image_shape is None:
+        side = PATCH_SIZE + stride * ((small or 2) - 1)
+        height = width = side
+    else:
+        height, width = image_shape
     blank = np.zeros((max(int(height), PATCH_SIZE), max(int(width), PATCH_SIZE), 3), dtype=np.uint8)
-    tiles = iter_heatmap_tiles(blank, model, stride, tile_cells=tile_cells)
-    next(tiles, None)
-    tiles.close()
+    if image_shape is None or tile_cells is not None:
+        tiles = iter_heatmap_tiles(blank, model, stride, tile_cells=tile_cells, precision=precision)
+        next(tiles, None)
+        tiles.close()
+        return
+    plan = plan_heatmap(blank.shape[0], blank.shape[1], stride)
+    seen: set[tuple[int, int]] = set()
+    shapes = []
+    for rows, cols in plan.tiles:
+        shape = plan.padded_shape(rows, cols)
+        if shape not in seen:
+            seen.add(shape)
+            shapes.append((rows, cols))
+    if small is not None:  # the interactive first tile of the GUI's runs
+        shapes.append((slice(0, small), slice(0, small)))
+    one_each = HeatmapPlan(plan.height, plan.width, stride, plan.tile_rows, plan.tile_cols, tuple(
+        (slice(r.start, min(r.stop, plan.shape[0])), slice(c.start, min(c.stop, plan.shape[1]))) for r, c in shapes
+    ), None, plan.quantum)
+    for _ in iter_heatmap_tiles(blank, model, stride, plan=one_each, precision=precision):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,12 +960,16 @@ def heatmap_metadata(
     method: str | None = None,
     heatmap_file: str | None = None,
     analysis: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    """The sidecar contents: geometry, model checksum, program version.
+    """The sidecar contents: geometry, model checksum, precision, program version.
 
     ``image_shape`` is the analysed image (analysis pixels). ``analysis``: for slides, where that
     image lies on level 0 (``scale``, ``origin``, ...: :meth:`AnalysisGrid.as_attrs`); without it
-    the scale is 1 and the origin (0, 0)."""
+    the scale is 1 and the origin (0, 0). ``precision``: the arithmetic the network ran in
+    (``"float32"`` or ``"bfloat16"``; the array itself is float32 either way)."""
+    from viewer.heatmap.precision import check_precision
+
     from viewer.model import file_sha256
 
     stride = _check_stride(stride)
@@ -804,6 +1005,7 @@ def heatmap_metadata(
         },
         "analysis": analysis if analysis is not None else {"scale": 1.0, "origin": [0, 0]},
         "method": method,
+        "precision": check_precision(precision),
         "program": "histoviewer",
         "program_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -824,6 +1026,7 @@ def save_heatmap(
     image_path: str | Path | None = None,
     method: str | None = None,
     analysis: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> tuple[Path, Path]:
     """Write a heatmap (float32 .npy or single-channel float32 TIFF) and its JSON sidecar.
 
@@ -831,6 +1034,7 @@ def save_heatmap(
     sidecar, so a crash never leaves an array without its sidecar). ``fmt`` = ``"npy"``/``"tiff"``
     or ``None`` (from the suffix). ``image_shape`` = (height, width, ...) of the image.
     NaN cells (not computed) are kept as NaN and the sidecar says ``"complete": false``.
+    ``precision``: what the network computed in, recorded in the sidecar.
     Returns ``(array_path, sidecar_path)``; raises :class:`OutputError` with a one-line message.
     """
     from viewer.atomic import atomic_output
@@ -846,7 +1050,7 @@ def save_heatmap(
     array_path, side = check_heatmap_output(path, fmt, force=force)
     meta = heatmap_metadata(
         heatmap, stride=stride, image_shape=image_shape, model_path=model_path,
-        image_path=image_path, method=method, heatmap_file=path.name, analysis=analysis,
+        image_path=image_path, method=method, heatmap_file=path.name, analysis=analysis, precision=precision,
     )
     text = json.dumps(meta, indent=2) + "\n"
     with atomic_output(array_path, force=force) as tmp_array:

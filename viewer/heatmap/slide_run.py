@@ -5,7 +5,7 @@ model's pixel size against the slide's), the region, the tissue mask and the chu
 :func:`iter_slide_heatmap` is a thin filter around :func:`~viewer.heatmap.engine.iter_heatmap_tiles`
 (the only engine): it hands the engine the chunks that hold tissue, reading each one plus its
 halo from the slide, and blanks background cells to NaN ("not computed"). Chunks without tissue
-cost nothing. :func:`run_to_store` drains it into a resumable zarr store; the CLI, the GUI and the
+cost nothing; neighbouring chunks with tissue are computed together in tiles of about 1024 px. :func:`run_to_store` drains it into a resumable zarr store; the CLI, the GUI and the
 batch all use these three functions.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from viewer import DEFAULT_STRIDE, __version__
 from viewer.heatmap.analysis import AnalysisGrid, AnalysisImage, analysis_scale, region_grid
-from viewer.heatmap.engine import HeatmapPlan, HeatmapTile, iter_heatmap_tiles
+from viewer.heatmap.engine import HeatmapPlan, HeatmapTile, bulk_tile_cells, iter_heatmap_tiles, tile_quantum
 
 if TYPE_CHECKING:  # pragma: no cover
     from viewer.heatmap.store import HeatmapStore
@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from viewer.slide.tissue import TissueMask
 
 DEFAULT_CHUNK = 64
-"""Store chunk side in cells, which is also the engine's tile: 64 cells = 536 px of input at
-stride 8, large enough to amortise the 24 px halo, small enough to paint progressively."""
+"""Store chunk side in cells for whole slides: 64 cells = 536 px of input at stride 8, small
+enough to paint progressively and to lose little on a crash. The engine computes blocks of such
+chunks at once (:func:`engine_tiles`), so the chunk size does not bound the engine's tile."""
 
 WHOLE_SLIDE_SIDE = 4096
 """Images at most this big on both sides, without pyramid levels of their own, are microscope
@@ -192,7 +193,9 @@ def plan_slide_heatmap(
     if chunk is None:
         from viewer.heatmap.engine import default_tile_cells
 
-        chunk = DEFAULT_CHUNK if is_whole_slide(slide) else default_tile_cells(grid.stride)
+        # A microscope field's chunk is the engine's interactive tile (rounded to the store's
+        # multiple of 8 cells): its first chunk paints at once, later ones go in bulk tiles.
+        chunk = DEFAULT_CHUNK if is_whole_slide(slide) else -(-default_tile_cells(grid.stride) // 8) * 8
     from viewer.heatmap.precision import resolve_precision
 
     precision = resolve_precision(options.precision, notes)
@@ -238,46 +241,167 @@ def chunks_in_order(plan: SlideHeatmapPlan, order_from: tuple[float, float] | No
     return sorted(chunks, key=distance)
 
 
-def iter_slide_heatmap(plan: SlideHeatmapPlan, model, chunks: Iterable[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
+def iter_slide_heatmap(
+    plan: SlideHeatmapPlan, model, chunks: Iterable[tuple[int, int]], *, interactive: bool = True,
+) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     """Yield ``((i, j), HeatmapTile)`` for each chunk, background cells NaN.
 
-    Chunks with tissue are computed by :func:`iter_heatmap_tiles` in the given order, each read
-    from the slide as tile plus halo; chunks without tissue cost no compute and come last (on a
-    slide they are thousands, and recording them must not delay the first tissue results).
+    Chunks without tissue come first (they cost nothing); the others are computed by
+    :func:`iter_heatmap_tiles` in the given order, in ``plan.precision``, each engine tile read
+    from the slide with its halo. One engine tile covers a block of neighbouring chunks
+    (:func:`engine_tiles`: about 1024 px, which halves the halo's share against one 64-cell
+    chunk) and its result is split and yielded chunk by chunk, so stores stay chunk-aligned.
+    ``interactive``: the first chunk is computed alone, so a viewer paints it at once.
     """
     chunks = list(chunks)
     counts = plan.chunk_tissue_cells
     empty = [ij for ij in chunks if counts is not None and counts[ij] == 0]
     busy = [ij for ij in chunks if counts is None or counts[ij] > 0]
-    yield from _computed_chunks(plan, model, busy)
     for i, j in empty:
         rows, cols = plan.chunk_slices(i, j)
         yield (i, j), HeatmapTile(rows, cols, np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32))
-
-
-def _computed_chunks(plan: SlideHeatmapPlan, model, busy: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     if not busy:
         return
     grid = plan.grid
+    groups = engine_tiles(plan, busy, interactive=interactive)
     engine_plan = HeatmapPlan(
-        grid.height, grid.width, grid.stride, plan.chunk, plan.chunk,
-        tuple(plan.chunk_slices(i, j) for i, j in busy),
+        grid.height, grid.width, grid.stride,
+        max(rows.stop - rows.start for (rows, _), _ in groups), max(cols.stop - cols.start for (_, cols), _ in groups),
+        tuple(tile for tile, _ in groups), quantum=(tile_quantum(grid.stride),) * 2,
     )
-    tiles = iter_heatmap_tiles(AnalysisImage(plan.slide, grid), model, grid.stride, plan=engine_plan)
+    tiles = iter_heatmap_tiles(AnalysisImage(plan.slide, grid), model, grid.stride, plan=engine_plan,
+                               precision=plan.precision)
     try:
-        for (i, j), tile in zip(busy, tiles, strict=True):  # the engine yields one tile per chunk
-            keep = plan.evaluated_cells(tile.rows, tile.cols)
-            probabilities = tile.probabilities if keep.all() else np.where(keep, tile.probabilities, np.float32(np.nan))
-            yield (i, j), HeatmapTile(tile.rows, tile.cols, probabilities.astype(np.float32, copy=False))
+        for (_, members), tile in zip(groups, tiles, strict=True):  # the engine yields one tile per group
+            for i, j in members:
+                rows, cols = plan.chunk_slices(i, j)
+                part = tile.probabilities[rows.start - tile.rows.start : rows.stop - tile.rows.start,
+                                          cols.start - tile.cols.start : cols.stop - tile.cols.start]
+                keep = plan.evaluated_cells(rows, cols)
+                probabilities = part if keep.all() else np.where(keep, part, np.float32(np.nan))
+                yield (i, j), HeatmapTile(rows, cols, np.ascontiguousarray(probabilities, dtype=np.float32))
     finally:
         tiles.close()
 
 
+def group_side(plan: SlideHeatmapPlan) -> int:
+    """Chunks per side of the blocks one engine tile may cover: a bulk tile's worth
+    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, ~1024 px): 2 for 64-cell chunks at stride 8."""
+    return max(1, round(bulk_tile_cells(plan.stride) / plan.chunk))
+
+
+def engine_tiles(
+    plan: SlideHeatmapPlan, chunks: list[tuple[int, int]], *, interactive: bool = True,
+) -> list[tuple[tuple[slice, slice], list[tuple[int, int]]]]:
+    """Group chunks into engine tiles: ``[((rows, cols), [chunks it covers]), ...]``.
+
+    The chunk grid is cut into aligned blocks of :func:`group_side` chunks per side; the chunks
+    of a block that are in ``chunks`` are covered by rectangles of whole chunks (one per block
+    when they form a rectangle; otherwise rows of them, equal neighbouring rows merged), so no
+    chunk outside ``chunks`` (done, or without tissue) is ever computed. Blocks come in the order
+    of their first chunk in ``chunks``. ``interactive``: the first chunk forms a tile alone.
+    """
+    side = group_side(plan)
+    groups: list[tuple[tuple[slice, slice], list[tuple[int, int]]]] = []
+    rest = list(chunks)
+    if interactive and rest:
+        first = rest.pop(0)
+        groups.append((plan.chunk_slices(*first), [first]))
+    blocks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, j in rest:
+        blocks.setdefault((i // side, j // side), []).append((i, j))
+    for members in blocks.values():
+        for i0, i1, j0, j1 in _rectangles(members):
+            rows = slice(plan.chunk_slices(i0, j0)[0].start, plan.chunk_slices(i1 - 1, j0)[0].stop)
+            cols = slice(plan.chunk_slices(i0, j0)[1].start, plan.chunk_slices(i0, j1 - 1)[1].stop)
+            inside = [ij for ij in members if i0 <= ij[0] < i1 and j0 <= ij[1] < j1]
+            groups.append(((rows, cols), inside))
+    return groups
+
+
+def _rectangles(chunks: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """Cover a set of chunks exactly by rectangles ``(i0, i1, j0, j1)`` (ends exclusive): runs
+    of neighbouring chunks in each chunk row, merged with the same run of the row above."""
+    present = set(chunks)
+    rows: dict[int, list[tuple[int, int]]] = {}
+    for i in sorted({i for i, _ in present}):
+        cols = sorted(j for r, j in present if r == i)
+        runs, start = [], cols[0]
+        for a, b in zip(cols, cols[1:] + [None]):
+            if b != a + 1:
+                runs.append((start, a + 1))
+                start = b
+        rows[i] = runs
+    done: list[tuple[int, int, int, int]] = []
+    open_: dict[tuple[int, int], list[int]] = {}  # run -> [i0, i1]
+    for i, runs in rows.items():
+        for run in list(open_):
+            if run not in runs or open_[run][1] != i:
+                i0, i1 = open_.pop(run)
+                done.append((i0, i1, *run))
+        for run in runs:
+            if run in open_:
+                open_[run][1] = i + 1
+            else:
+                open_[run] = [i, i + 1]
+    done.extend((i0, i1, *run) for run, (i0, i1) in open_.items())
+    return done
+
+
 def open_store_for(plan: SlideHeatmapPlan, path: str | Path, *, force: bool = False) -> tuple[HeatmapStore, bool]:
-    """Create the store of ``plan`` at ``path``, or resume a compatible one: ``(store, resumed)``."""
+    """Create the store of ``plan`` at ``path``, or resume a compatible one: ``(store, resumed)``.
+
+    A store computed in another precision is refused like one of another model (unless
+    ``force``): resuming a bfloat16 store in float32 would mix two heatmaps in one array."""
     from viewer.heatmap.store import HeatmapStore
 
-    return HeatmapStore.open_or_create(path, shape=plan.shape, attrs=plan.store_attrs(), chunk=plan.chunk, force=force)
+    path = Path(path)
+    if not force:
+        existing = _store_precision(path)
+        if existing is not None and existing != plan.precision:
+            from viewer.errors import OutputError
+
+            raise OutputError(
+                f"was made for another slide/model/settings (precision differs: {existing}, this run "
+                f"{plan.precision}); use --force to replace it", path,
+            )
+    store, resumed = HeatmapStore.open_or_create(path, shape=plan.shape, attrs=plan.store_attrs(), chunk=plan.chunk, force=force)
+    if not resumed and store.attrs.get("precision") != plan.precision:
+        # HeatmapStore.create records every new store as float32; set the precision this run
+        # computes in before any chunk is written.
+        import zarr
+
+        from viewer.heatmap.store import DurableLocalStore
+
+        zarr.open_group(store=DurableLocalStore(path), mode="r+").attrs.update({"precision": plan.precision})
+        store = HeatmapStore.open(path, mode="r+")
+    return store, resumed
+
+
+def _store_precision(path: Path) -> str | None:
+    """The precision recorded in the HistoViewer store at ``path`` (float32 if it predates the
+    attribute), or None if there is no such store."""
+    from viewer.errors import InputError
+    from viewer.heatmap.store import HeatmapStore
+
+    if not path.is_dir() or path.is_symlink():
+        return None
+    try:
+        return str(HeatmapStore.open(path, mode="r").attrs.get("precision", "float32"))
+    except InputError:
+        return None
+
+
+def settle_precision(plan: SlideHeatmapPlan, model) -> None:
+    """Once the model is loaded: bfloat16 runs in the fully convolutional pass only, so for a
+    model or stride that needs batched windows the plan falls back to float32 (with a note)."""
+    from viewer.heatmap.engine import effective_precision
+
+    actual = effective_precision(model, plan.stride, plan.precision)
+    if actual != plan.precision:
+        plan.notes.append(f"bfloat16 needs the fully convolutional pass; this model at stride {plan.stride} "
+                          "is computed in float32")
+        plan.precision = actual
 
 
 def run_to_store(
@@ -287,18 +411,20 @@ def run_to_store(
     *,
     order_from: tuple[float, float] | None = None,
     chunks: Iterable[tuple[int, int]] | None = None,
+    interactive: bool = True,
 ) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     """Compute every chunk the store lacks (or just ``chunks``), writing each one as it comes.
 
     Yields what it wrote, so a caller can paint or report progress. Stopping early loses at most
-    the chunk being computed; a later run continues from the store's ``done`` mask.
+    the engine tile being computed (a few chunks); a later run continues from the store's
+    ``done`` mask. ``interactive``: as for :func:`iter_slide_heatmap`.
     """
     done = store.done_mask()
     if chunks is None:
         todo = chunks_in_order(plan, order_from, skip=done)
     else:
         todo = [ij for ij in chunks if not done[ij]]
-    for (i, j), tile in iter_slide_heatmap(plan, model, todo):
+    for (i, j), tile in iter_slide_heatmap(plan, model, todo, interactive=interactive):
         store.write_tissue_chunk(i, j, plan.evaluated_cells(tile.rows, tile.cols))
         store.write_chunk(i, j, tile.probabilities)
         yield (i, j), tile
@@ -318,6 +444,6 @@ def compute_slide_array(plan: SlideHeatmapPlan, model, *, tiles_out: list | None
             "write a .zarr store instead, or choose a smaller --region"
         )
     out = np.full((rows, cols), np.nan, dtype=np.float32)
-    for _, tile in iter_slide_heatmap(plan, model, chunks_in_order(plan)):
+    for _, tile in iter_slide_heatmap(plan, model, chunks_in_order(plan), interactive=False):
         out[tile.rows, tile.cols] = tile.probabilities
     return out
