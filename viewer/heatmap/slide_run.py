@@ -5,8 +5,9 @@ model's pixel size against the slide's), the region, the tissue mask and the chu
 :func:`iter_slide_heatmap` is a thin filter around :func:`~viewer.heatmap.engine.iter_heatmap_tiles`
 (the only engine): it hands the engine the chunks that hold tissue, reading each one plus its
 halo from the slide, and blanks background cells to NaN ("not computed"). Chunks without tissue
-cost nothing; neighbouring chunks with tissue are computed together in tiles of about 1024 px. :func:`run_to_store` drains it into a resumable zarr store; the CLI, the GUI and the
-batch all use these three functions.
+cost nothing; neighbouring chunks with tissue are computed together in tiles of about 1024 px.
+:func:`run_to_store` drains it into a resumable zarr store; the CLI, the GUI and the batch all
+use these three functions.
 """
 
 from __future__ import annotations
@@ -246,9 +247,10 @@ def iter_slide_heatmap(
 ) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     """Yield ``((i, j), HeatmapTile)`` for each chunk, background cells NaN.
 
-    Chunks without tissue come first (they cost nothing); the others are computed by
-    :func:`iter_heatmap_tiles` in the given order, in ``plan.precision``, each engine tile read
-    from the slide with its halo. One engine tile covers a block of neighbouring chunks
+    Chunks with tissue are computed by :func:`iter_heatmap_tiles` in the given order, in
+    ``plan.precision``, each engine tile read from the slide with its halo; chunks without tissue
+    cost no compute and come last (on a slide they are thousands, and recording them must not
+    delay the first tissue results). One engine tile covers a block of neighbouring chunks
     (:func:`engine_tiles`: about 1024 px, which halves the halo's share against one 64-cell
     chunk) and its result is split and yielded chunk by chunk, so stores stay chunk-aligned.
     ``interactive``: the first chunk is computed alone, so a viewer paints it at once.
@@ -257,9 +259,15 @@ def iter_slide_heatmap(
     counts = plan.chunk_tissue_cells
     empty = [ij for ij in chunks if counts is not None and counts[ij] == 0]
     busy = [ij for ij in chunks if counts is None or counts[ij] > 0]
+    yield from _computed_chunks(plan, model, busy, interactive)
     for i, j in empty:
         rows, cols = plan.chunk_slices(i, j)
         yield (i, j), HeatmapTile(rows, cols, np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32))
+
+
+def _computed_chunks(
+    plan: SlideHeatmapPlan, model, busy: list[tuple[int, int]], interactive: bool,
+) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     if not busy:
         return
     grid = plan.grid
