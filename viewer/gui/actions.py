@@ -46,6 +46,12 @@ class Actions:
     window_steps: dict[int, QAction]
     """Analysis › Window Step: one checkable action per step in px; ``data()`` holds the step."""
     window_step_group: QActionGroup
+    precisions: dict[str, QAction]
+    """Analysis › Precision: one checkable action per precision; ``data()`` holds its name."""
+    precision_group: QActionGroup
+    thread_limits: dict[int, QAction]
+    """Analysis › CPU Threads: 0 = every core, else that many threads; ``data()`` holds it."""
+    thread_group: QActionGroup
     about: QAction
     recent_menu: QMenu
 
@@ -93,9 +99,48 @@ def _window_steps(window: QMainWindow) -> tuple[dict[int, QAction], QActionGroup
     return actions, group
 
 
+def _precisions(window: QMainWindow) -> tuple[dict[str, QAction], QActionGroup]:
+    from viewer.heatmap.precision import bfloat16_support
+
+    supported, why = bfloat16_support()
+    group = QActionGroup(window)
+    exact = _action(window, "&Float32 (exact)", tip="Compute the heatmap in float32: equal to the model "
+                    "window by window (default)", checkable=True)
+    fast = _action(window, "&BFloat16 (faster)", checkable=True,
+                   tip="Compute in bfloat16: about twice as fast, probabilities within ~0.01 of float32"
+                   if supported else f"Needs a CPU with bfloat16 units; {why}")
+    fast.setEnabled(supported)
+    actions = {"float32": exact, "bfloat16": fast}
+    for name, action in actions.items():
+        action.setData(name)
+        group.addAction(action)
+    exact.setChecked(True)
+    return actions, group
+
+
+def _thread_limits(window: QMainWindow) -> tuple[dict[int, QAction], QActionGroup]:
+    import os
+
+    cores = os.cpu_count() or 1
+    group = QActionGroup(window)
+    actions = {0: _action(window, f"&All Cores ({cores})", tip="The heatmap uses every core (default)", checkable=True)}
+    limit = 1
+    while limit < cores:
+        actions[limit] = _action(window, f"&{limit}", tip=f"The heatmap uses at most {limit} CPU thread"
+                                 f"{'s' if limit > 1 else ''}, leaving the rest to other programs", checkable=True)
+        limit *= 2
+    for threads, action in actions.items():
+        action.setData(threads)
+        group.addAction(action)
+    actions[0].setChecked(True)
+    return actions, group
+
+
 def build_actions(window: QMainWindow) -> Actions:
     sp = QStyle.StandardPixmap
     window_steps, window_step_group = _window_steps(window)
+    precisions, precision_group = _precisions(window)
+    thread_limits, thread_group = _thread_limits(window)
     return Actions(
         open=_action(window, "&Open…", [Key.Open], "Open an image (TIFF, JPEG, PNG)", sp.SP_DialogOpenButton),
         open_annotations=_action(window, "Open &Annotations…", tip="Load BreCaHAD annotation points (JSON)"),
@@ -132,6 +177,10 @@ def build_actions(window: QMainWindow) -> Actions:
                              "of the mean, so small tumour foci stay visible", checkable=True),
         window_steps=window_steps,
         window_step_group=window_step_group,
+        precisions=precisions,
+        precision_group=precision_group,
+        thread_limits=thread_limits,
+        thread_group=thread_group,
         about=_action(window, "&About HistoViewer", tip="Version and model card"),
         recent_menu=QMenu("Open &Recent", window),
     )
@@ -161,6 +210,12 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     step_menu = analysis.addMenu("Window &Step")
     step_menu.setToolTipsVisible(True)  # the tips say what each step trades off
     step_menu.addActions(list(a.window_steps.values()))
+    precision_menu = analysis.addMenu("&Precision")
+    precision_menu.setToolTipsVisible(True)
+    precision_menu.addActions(list(a.precisions.values()))
+    threads_menu = analysis.addMenu("CPU &Threads")
+    threads_menu.setToolTipsVisible(True)
+    threads_menu.addActions(list(a.thread_limits.values()))
     analysis.addAction(a.auto_run)
     help_menu = bar.addMenu("&Help")
     help_menu.addAction(a.about)

@@ -30,7 +30,7 @@ from viewer.gui.layers_panel import LayersPanel
 from viewer.gui.model_controller import ModelController
 from viewer.gui.settings import Settings
 from viewer.gui.status import StatusBar
-from viewer.gui.worker import HeatmapRequest, HeatmapRunner, PlannedRun
+from viewer.gui.worker import HeatmapRequest, HeatmapRunner, PlannedRun, set_thread_limit
 from viewer.heatmap import store_cache
 from viewer.heatmap.analysis import AnalysisGrid
 from viewer.heatmap.data import ArrayHeatmap, HeatmapData, StoreHeatmap
@@ -91,6 +91,14 @@ class HeatmapController(QObject):
         self.stride = DEFAULT_STRIDE
         self.window_step = settings.heatmap_stride()  # Analysis › Window Step
         actions.window_steps[self.window_step].setChecked(True)  # setChecked does not trigger
+        self.precision = self._usable(settings.heatmap_precision())  # Analysis › Precision
+        actions.precisions[self.precision].setChecked(True)
+        actions.precision_group.triggered.connect(lambda action: self.set_precision(action.data()))
+        threads = settings.heatmap_threads()  # Analysis › CPU Threads, applied at the model load
+        if (threads or 0) in actions.thread_limits:
+            actions.thread_limits[threads or 0].setChecked(True)
+        set_thread_limit(threads)
+        actions.thread_group.triggered.connect(lambda action: self.set_threads(action.data() or None))
         self._cells_done = 0
         self._todo_cells = 0
         self._cell_px = 1.0
@@ -147,9 +155,10 @@ class HeatmapController(QObject):
             self.heatmap = np.full(grid.shape, np.nan, dtype=np.float32)
             self._show_data(ArrayHeatmap(self.heatmap, grid))
         self.runner.start(slide, models.model, models.path, self.stride, self._canvas.visible_centre(),
-                          store_path=store_path, scope=scope)
+                          store_path=store_path, scope=scope, precision=self.precision)
         self._status.show_progress(0.0)
-        self._panel.set_heatmap_info(f"Computing with {models.name()}, window step {self.stride} px…")
+        in_bf16 = ", bfloat16" if self.precision == "bfloat16" else ""
+        self._panel.set_heatmap_info(f"Computing with {models.name()}, window step {self.stride} px{in_bf16}…")
         self.update_actions()
         self.changed.emit()
 
@@ -172,7 +181,9 @@ class HeatmapController(QObject):
         return self._model_sha[key]
 
     def _store_path(self, slide, grid: AnalysisGrid) -> Path:
-        key = store_cache.cache_key(slide_fingerprint(slide), self._model_sha256(), grid.stride, grid.scale)
+        # A bfloat16 heatmap is another heatmap: its own store (float32 keys stay as they were).
+        model_key = self._model_sha256() + ("" if self.precision == "float32" else f"|{self.precision}")
+        key = store_cache.cache_key(slide_fingerprint(slide), model_key, grid.stride, grid.scale)
         folder = heatmap_cache_folder()
         folder.mkdir(parents=True, exist_ok=True)
         return store_cache.store_path_in(folder, slide.name, key)
@@ -220,6 +231,40 @@ class HeatmapController(QObject):
         self.update_actions()
         self.changed.emit()
         self.cached_shown.emit()
+
+    def _usable(self, precision: str) -> str:
+        """``precision``, or float32 with a status note where this CPU has no bfloat16 units."""
+        from viewer.heatmap.precision import resolve_precision
+
+        notes: list[str] = []
+        usable = resolve_precision(precision, notes)
+        if notes:
+            self._status.showMessage(notes[0], 8000)
+        return usable
+
+    def set_precision(self, precision: str) -> None:
+        """Compute heatmaps in ``precision`` from now on (and remember it); like a new window
+        step, a heatmap on screen or being computed is re-run, so the display never mixes two."""
+        usable = self._usable(precision)
+        self._settings.set_heatmap_precision(precision)
+        self._actions.precisions[usable].setChecked(True)
+        if usable == self.precision:
+            return
+        self.precision = usable
+        if self._document.opened is not None and (self.data is not None or self.runner.is_running()):
+            self.runner.cancel()
+            self.run()
+        else:
+            self._status.showMessage(f"Precision {usable}: used for the next heatmap", 5000)
+
+    def set_threads(self, threads: int | None) -> None:
+        """Cap the heatmap's CPU threads (None: every core) and remember it."""
+        self._settings.set_heatmap_threads(threads)
+        if threads in self._actions.thread_limits or threads is None:
+            self._actions.thread_limits[threads or 0].setChecked(True)
+        notes = set_thread_limit(threads)
+        self._status.showMessage(notes[0] if notes else (
+            f"The heatmap uses at most {threads} CPU threads" if threads else "The heatmap uses every core"), 8000)
 
     def set_window_step(self, step: int) -> None:
         """Use ``step`` px for heatmaps from now on (and remember it); a heatmap on screen or

@@ -127,6 +127,25 @@ class Settings:
     def set_heatmap_stride(self, step: int) -> None:
         self._store.setValue("heatmap/stride", int(step))
 
+    def heatmap_precision(self) -> str:
+        """Analysis › Precision: ``"float32"`` (default) or ``"bfloat16"``; anything else float32."""
+        from viewer.heatmap.precision import DEFAULT_PRECISION, PRECISIONS
+
+        value = str(self._store.value("heatmap/precision", DEFAULT_PRECISION)).strip().lower()
+        return value if value in PRECISIONS else DEFAULT_PRECISION
+
+    def set_heatmap_precision(self, precision: str) -> None:
+        self._store.setValue("heatmap/precision", str(precision))
+
+    def heatmap_threads(self) -> int | None:
+        """Analysis › CPU Threads: the most threads TensorFlow may use, or None for every core
+        (``heatmap/threads``; 0, missing or invalid = every core)."""
+        threads = _as_int(self._store.value("heatmap/threads"), 0)
+        return threads if threads >= 1 else None
+
+    def set_heatmap_threads(self, threads: int | None) -> None:
+        self._store.setValue("heatmap/threads", int(threads or 0))
+
     def export_legend(self) -> bool:
         return _as_bool(self._store.value("export/legend"), False)
 

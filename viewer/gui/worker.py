@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -136,8 +137,26 @@ class ModelLoader(QObject):
             self.failed.emit(describe_error(exc))
 
 
+_THREAD_LIMIT: int | None = None
+
+
+def set_thread_limit(threads: int | None) -> list[str]:
+    """Cap TensorFlow at ``threads`` (None: every core), applied when the model thread loads
+    the first model, before TensorFlow runs anything. TensorFlow fixes its thread pools then, so
+    once it has been imported the change applies from the next start: the returned notes say so.
+    (TensorFlow is never touched from here: it may be half-way through its import on the model
+    thread.)"""
+    global _THREAD_LIMIT
+    changed = threads != _THREAD_LIMIT
+    _THREAD_LIMIT = threads
+    if changed and "tensorflow" in sys.modules:
+        return ["the thread limit applies from the next start of HistoViewer (TensorFlow is already running)"]
+    return []
+
+
 def _load_model(path: str | None) -> Any:
     from viewer.heatmap import warm_up
+    from viewer.heatmap.precision import bfloat16_support, configure_threads
     from viewer.model import load_model  # imports Keras/TensorFlow: worker thread only
 
     # Importing TensorFlow creates ~10^6 long-lived objects. Each full garbage collection over
@@ -147,11 +166,15 @@ def _load_model(path: str | None) -> Any:
     collecting = gc.isenabled()
     gc.disable()
     try:
+        configure_threads(_THREAD_LIMIT)  # before TensorFlow runs anything (it fixes its pools then)
         model = load_model(path)
-        # Start TensorFlow's runtime and trace every step Analysis › Window Step offers, here
-        # and not on the first tile, so the first tiles of any step arrive without a pause.
+        # Start TensorFlow's runtime and trace every step Analysis › Window Step offers (in each
+        # precision Analysis › Precision offers), here and not on the first tile, so the first
+        # tiles of any step arrive without a pause.
+        precisions = ("float32", "bfloat16") if bfloat16_support()[0] else ("float32",)
         for step in WINDOW_STEPS:
-            warm_up(model, step)
+            for precision in precisions:
+                warm_up(model, step, precision=precision)
     finally:
         gc.freeze()
         if collecting:
@@ -173,6 +196,8 @@ class HeatmapRequest:
     """Whole slides stream into this zarr store (resumed if it exists); images fill an array."""
     scope: tuple[float, float, float, float] | None = None
     """Level-0 rectangle (x, y, w, h) whose chunks to compute; None = the whole slide."""
+    precision: str = "float32"
+    """Analysis › Precision (bfloat16 falls back to float32 where the CPU or model lacks it)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,12 +237,13 @@ class HeatmapRunner(QObject):
     def start(
         self, slide: Slide, model: Any, model_path: str | None, stride: int,
         order_from: tuple[float, float] | None, *, store_path: Path | None = None,
-        scope: tuple[float, float, float, float] | None = None,
+        scope: tuple[float, float, float, float] | None = None, precision: str = "float32",
     ) -> HeatmapRequest:
         from superqt.utils import create_worker
 
         self.cancel()
-        request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from, store_path, scope)
+        request = HeatmapRequest(next(_generations), slide, model, model_path, stride, order_from, store_path, scope,
+                                 precision)
         cancel = threading.Event()
         worker: GeneratorWorker = create_worker(
             _heatmap_tiles, request, cancel, _start_thread=False,
@@ -271,11 +297,14 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator
     off the main thread."""
     from viewer.heatmap.slide_run import (
         SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, plan_slide_heatmap, run_to_store,
+        settle_precision,
     )
     from viewer.model import bundled_model_path
 
     model_file = request.model_path or bundled_model_path()
-    plan = plan_slide_heatmap(request.slide, model_file, SlideHeatmapOptions(stride=request.stride))
+    options = SlideHeatmapOptions(stride=request.stride, precision=request.precision)
+    plan = plan_slide_heatmap(request.slide, model_file, options)
+    settle_precision(plan, request.model)
     store = None
     skip = None
     if request.store_path is not None:
