@@ -307,6 +307,102 @@ def test_iter_tiles_fill_the_heatmap_in_outward_order(image, model):
         hm.iter_heatmap_tiles(image, model, 8, plan=plan)
 
 
+@pytest.mark.parametrize("stride", [4, 8, 12, 16])
+def test_interactive_plans_are_exact(image, model, stride):
+    ref = naive(image, model, stride)
+    plan = hm.plan_heatmap(100, 120, stride, order_from=(70.0, 40.0))
+    out = hm.blank_heatmap(100, 120, stride)
+    for rows, cols, values in hm.iter_heatmap_tiles(image, model, stride, plan=plan):
+        assert np.isnan(out[rows, cols]).all()
+        out[rows, cols] = values
+    assert np.abs(out - ref).max() <= TOL
+
+
+def test_large_image_bulk_tiles_are_exact_at_their_edges(model):
+    """An image larger than one bulk tile in both directions: tiles meet inside the image and
+    the padded edge tiles are cut correctly."""
+    img = textured_image(1100, 1300, seed=9)
+    for stride in (8, 16):
+        plan = hm.plan_heatmap(1100, 1300, stride)
+        assert len(plan) == 4
+        got = hm.compute_heatmap(img, model, stride)
+        rows, cols = got.shape
+        rng = np.random.default_rng(stride)
+        cells = {(r, c) for r in (0, rows - 1, plan.tile_rows - 1, plan.tile_rows) for c in range(0, cols, 3)}
+        cells |= {(int(r), int(c)) for r, c in zip(rng.integers(0, rows, 200), rng.integers(0, cols, 200))}
+        cells = sorted(cells)
+        windows = np.stack([img[stride * r : stride * r + 32, stride * c : stride * c + 32] for r, c in cells])
+        expected = model.predict(windows.astype(np.float32) / 255, batch_size=256, verbose=0).reshape(-1)
+        assert np.abs(np.array([got[r, c] for r, c in cells]) - expected).max() <= TOL
+
+
+def test_results_do_not_depend_on_the_tiling(image, model):
+    """Blocks padded to multiples of 4 cells give every cell the same bits whatever the tile, so a
+    resumed slide store (chunks grouped differently) equals an uninterrupted run."""
+    whole = hm.compute_heatmap(image, model, 8)
+    for tiles in (4, (8, 12), 16):
+        np.testing.assert_array_equal(hm.compute_heatmap(image, model, 8, tile_cells=tiles), whole)
+
+
+# --------------------------------------------------------------------------------------------
+# Slide runs: blocks of chunks per engine call
+# --------------------------------------------------------------------------------------------
+
+
+def _field_plan(pixels, chunk):
+    from viewer.heatmap.slide_run import SlideHeatmapOptions, plan_slide_heatmap
+    from viewer.slide.plain import PlainSlide
+
+    return plan_slide_heatmap(PlainSlide("field.tif", pixels), None, SlideHeatmapOptions(chunk=chunk, tissue_mask=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), interactive=st.booleans(), fraction=st.floats(0.05, 1.0))
+def test_engine_tiles_cover_the_given_chunks_exactly(seed, interactive, fraction):
+    from viewer.heatmap.slide_run import engine_tiles, group_side
+
+    plan = _field_plan(np.zeros((1500, 2100, 3), np.uint8), 16)  # 184 x 259 cells, 12 x 17 chunks
+    rng = np.random.default_rng(seed)
+    n_r, n_c = plan.chunk_grid
+    chunks = [(i, j) for i in range(n_r) for j in range(n_c) if rng.random() < fraction]
+    rng.shuffle(chunks)
+    chunks = [tuple(map(int, ij)) for ij in chunks] or [(0, 0)]
+    groups = engine_tiles(plan, chunks, interactive=interactive)
+    side = group_side(plan)
+    assert side == 8  # 128-cell bulk tiles of 16-cell chunks
+    covered = [ij for _, members in groups for ij in members]
+    assert sorted(covered) == sorted(chunks)  # every chunk once, nothing else
+    if interactive:
+        assert groups[0][1] == [chunks[0]]
+    for (rows, cols), members in groups:
+        mask = np.zeros(plan.shape, bool)
+        for i, j in members:
+            mask[plan.chunk_slices(i, j)] = True
+        assert mask[rows, cols].all() and mask.sum() == (rows.stop - rows.start) * (cols.stop - cols.start)
+        assert rows.stop - rows.start <= side * plan.chunk and cols.stop - cols.start <= side * plan.chunk
+
+
+def test_slide_runs_split_engine_tiles_into_chunks_exactly(model):
+    from viewer.heatmap.slide_run import chunks_in_order, iter_slide_heatmap
+
+    pixels = textured_image(700, 900, seed=4)
+    whole = hm.compute_heatmap(pixels, model, 8)
+    plan = _field_plan(pixels, 16)
+    for interactive, order in ((True, (500.0, 300.0)), (False, None)):
+        out = hm.blank_heatmap(700, 900, 8)
+        seen = []
+        chunks = chunks_in_order(plan, order)
+        for (i, j), tile in iter_slide_heatmap(plan, model, chunks, interactive=interactive):
+            assert (tile.rows, tile.cols) == plan.chunk_slices(i, j)  # chunk-aligned, for the store
+            assert np.isnan(out[tile.rows, tile.cols]).all()
+            out[tile.rows, tile.cols] = tile.probabilities
+            seen.append((i, j))
+        assert sorted(seen) == sorted(chunks)
+        if interactive:
+            assert seen[0] == chunks[0]  # the chunk nearest the point comes first, alone
+        np.testing.assert_array_equal(out, whole)
+
+
 # --------------------------------------------------------------------------------------------
 # Geometry end to end: a dark blob and a model that responds to darkness
 # --------------------------------------------------------------------------------------------

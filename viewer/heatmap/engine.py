@@ -68,10 +68,10 @@ cores (benchmarks/README.md) while the first convolution's float32 output (~140 
 with the square of the side."""
 
 _SHAPE_QUANTUM_PX = 64
-"""Tiles are padded up to a multiple of this many image pixels (8 cells at stride 8) per side:
-tile shapes come from a small fixed set (at most ``(1024/64)**2`` per stride), so oneDNN's
-kernels made for a shape are reused by every later tile of that shape, while an edge tile
-wastes at most 56 px of padding."""
+"""Tiles are padded up to a multiple of about this many image pixels (8 cells at stride 8) per
+side (:func:`tile_quantum`): tile shapes come from a small fixed set (at most ``(1024/64)**2``
+per stride), so oneDNN's kernels made for a shape are reused by every later tile of that shape,
+while an edge tile wastes at most 56 px of padding."""
 
 _TARGET_TILE_CELLS_WINDOWS = 32
 """Default tile side in cells for the batched-window fallback (1024 windows per tile)."""
@@ -170,9 +170,13 @@ class HeatmapTile(NamedTuple):
 
 
 def tile_quantum(stride: int = DEFAULT_STRIDE) -> int:
-    """Tile sides of the adaptive plans are padded up to a multiple of this many cells (64 px)."""
+    """Tile sides of the adaptive plans are padded up to a multiple of this many cells: about
+    64 px, and always a multiple of 4 cells. On blocks whose sides are multiples of 4 cells
+    oneDNN computes every cell bit for bit the same whatever the block's size (other sizes
+    differ in the last bit), so a store resumed with chunks grouped differently still equals an
+    uninterrupted run exactly."""
     stride = _check_stride(stride)
-    return max(1, round(_SHAPE_QUANTUM_PX / stride))
+    return max(4, round(_SHAPE_QUANTUM_PX / stride / 4) * 4)
 
 
 def _quantised(cells_px: float, stride: int) -> int:
