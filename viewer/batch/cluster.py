@@ -57,13 +57,15 @@ def default_workers() -> int:
 @contextlib.contextmanager
 def batch_client(
     scheduler: str | None = None, *, workers: int | None = None, threads_per_worker: int | None = None,
-    tf_threads: int | None = None,
+    model: str | Path | None = None, model_sha256: str | None = None,
 ) -> Iterator[tuple[object, ClusterInfo]]:
     """Yield ``(client, info)`` connected to ``scheduler``, or to a new LocalCluster of ``workers``
     processes with ``threads_per_worker`` threads each (default: one per core, one thread).
 
-    ``tf_threads``: TensorFlow threads per worker (default: the worker's task threads). Everything
-    started here is shut down on leaving, also on errors and Ctrl+C.
+    TensorFlow gets ``threads_per_worker`` threads per worker (with ``scheduler`` and no
+    ``threads_per_worker``: each worker's own thread count). ``model``/``model_sha256``: loaded
+    on every worker as it starts. Everything started here is shut down on leaving, also on
+    errors and Ctrl+C.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -91,7 +93,9 @@ def batch_client(
             client = stack.enter_context(Client(cluster, set_as_default=False))
             local = True
         try:
-            client.register_plugin(WorkerSetup(tf_threads or threads_per_worker), name=PLUGIN_NAME)
+            client.register_plugin(
+                WorkerSetup(threads_per_worker, None if model is None else str(model), model_sha256), name=PLUGIN_NAME,
+            )
         except Exception as exc:  # e.g. the workers cannot import histoviewer
             raise InputError(f"the Dask workers could not be set up ({type(exc).__name__}: {_one_line(exc)}); "
                              "is histoviewer installed on every worker?") from None
@@ -131,15 +135,26 @@ _MODEL_LOCK = threading.Lock()
 
 
 class WorkerSetup(WorkerPlugin):
-    """Runs on every worker when it starts (and on workers restarted after a crash)."""
+    """Runs on every worker when it starts (and on workers restarted after a crash): caps
+    TensorFlow's threads and starts loading the model in the background, so the TensorFlow
+    import (seconds) overlaps the first slide's planning instead of delaying its first chunks."""
 
-    def __init__(self, tf_threads: int | None = None) -> None:
+    def __init__(self, tf_threads: int | None = None, model: str | None = None, sha256: str | None = None) -> None:
         self.tf_threads = tf_threads
+        self.model = model
+        self.sha256 = sha256
 
     def setup(self, worker) -> None:
-        # TensorFlow is not imported here: that takes seconds and would stall the worker's event
-        # loop; worker_model() applies the cap right before TensorFlow first runs.
+        # Not on the worker's event loop: importing TensorFlow would stall its heartbeats.
         set_tf_threads(self.tf_threads or worker.state.nthreads)
+        if self.model is not None and self.sha256 is not None:
+            threading.Thread(target=_preload, args=(self.model, self.sha256), name="histoviewer-model-load",
+                             daemon=True).start()
+
+
+def _preload(path: str, sha256: str) -> None:
+    with contextlib.suppress(Exception):  # a task asking for the model reports any error itself
+        worker_model(path, sha256)
 
 
 def set_tf_threads(threads: int | None) -> None:

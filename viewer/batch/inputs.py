@@ -130,17 +130,20 @@ def _read_list(path: Path, exclude: Path | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _ending(path: str) -> str:
+    """The file's slide ending as written (``.ome.tif``, ``.SVS``), else its last suffix."""
+    name = os.path.basename(path)
+    for suffix in sorted(slide_suffixes(), key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[-len(suffix):]
+    return os.path.splitext(name)[1]
+
+
 def slide_stem(path: str) -> str:
     """The file name without its slide ending (``a.ome.tif`` -> ``a``), safe as a folder name."""
     name = os.path.basename(path)
-    lower = name.lower()
-    for suffix in sorted(slide_suffixes(), key=len, reverse=True):
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = os.path.splitext(name)[0] or name
-    return _safe(name) or "slide"
+    ending = _ending(path)
+    return _safe(name[: len(name) - len(ending)] or name) or "slide"
 
 
 def _safe(text: str) -> str:
@@ -185,25 +188,32 @@ def _key(name: str) -> str:
 
 def _proposed_names(paths: Sequence[str]) -> list[str]:
     stems = [slide_stem(p) for p in paths]
-    groups: dict[str, list[int]] = {}
-    for k, stem in enumerate(stems):
-        groups.setdefault(_key(stem), []).append(k)
     names = list(stems)
-    for members in groups.values():
-        if len(members) == 1:
-            continue
+    for members in _collisions(names):
         parents = [Path(paths[k]).parent.parts[::-1] for k in members]  # nearest folder first
-        depth = max(len(p) for p in parents)
-        for take in range(1, depth + 1):
-            tails = [tuple(_safe(part) for part in p[:take][::-1]) for p in parents]
-            if len({tuple(_key(t) for t in tail) for tail in tails}) == len(members):
-                for k, tail in zip(members, tails):
-                    names[k] = "-".join([stems[k], *tail])[: 2 * _MAX_NAME]
-                break
-        else:
-            for k in members:
-                names[k] = f"{stems[k]}-{hashlib.sha256(paths[k].encode()).hexdigest()[:8]}"
+        tails_at = [
+            [tuple(_safe(part) for part in p[:take][::-1]) for p in parents]
+            for take in range(1, max(len(p) for p in parents) + 1)
+        ]
+        # The fewest parent folders that tell the most names apart (all of them, usually).
+        tails = max(tails_at, key=lambda t: len({tuple(map(_key, tail)) for tail in t})) if tails_at else [()] * len(members)
+        for k, tail in zip(members, tails):
+            names[k] = "-".join([stems[k], *tail])[: 2 * _MAX_NAME]
+    for members in _collisions(names):  # same folders too: the file ending (slide.svs, slide.ndpi)
+        for k in members:
+            ending = _safe(_ending(paths[k]).lstrip("."))
+            names[k] = f"{names[k]}-{ending}" if ending else names[k]
+    for members in _collisions(names):
+        for k in members:
+            names[k] = f"{names[k]}-{hashlib.sha256(paths[k].encode()).hexdigest()[:8]}"
     return names
+
+
+def _collisions(names: list[str]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        groups.setdefault(_key(name), []).append(k)
+    return [members for members in groups.values() if len(members) > 1]
 
 
 def assign_folders(paths: Iterable[str], claimed: dict[str, str] | None = None) -> list[SlideInput]:

@@ -48,11 +48,13 @@ from viewer.batch.tasks import (
 from viewer.errors import InputError
 from viewer.heatmap.slide_run import SlideHeatmapOptions
 
-MIN_GROUP_CHUNKS = 4
-MAX_GROUP_CHUNKS = 32
-"""A chunk task computes between these many full chunks' worth of tissue cells (64 x 64 cells at
-stride 8 is 0.3 Mpx, ~0.1 s per core): large enough that Dask's per-task cost (~1 ms) and the
-task's store opening vanish, small enough that a slide splits into a couple of tasks per worker."""
+MIN_GROUP_CHUNKS = 2
+MAX_GROUP_CHUNKS = 16
+GROUPS_PER_THREAD = 4
+"""A chunk task computes about 1/(4 x worker threads) of a slide's work, and between 2 and 16
+full chunks' worth of tissue cells (64 x 64 cells at stride 8 is 0.26 Mpx, ~0.05-0.1 s per core):
+large enough that Dask's per-task cost (~1 ms) and the task's store opening vanish, small enough
+that one slide spreads evenly over every worker, and a lost worker loses little."""
 
 EMPTY_CHUNK_WEIGHT = 0.1
 """A chunk without tissue costs no compute, only its writes: a tenth of a full chunk."""
@@ -213,6 +215,9 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
         job = slide.job
         store = HeatmapStore.open(job.store_path, mode="r+")
         if not store.attrs.get("complete"):
+            # A worker killed mid-write leaves a hidden temporary file that is never read as a
+            # chunk; the slide's tasks are all over, so it can go now rather than at a resume.
+            store._remove_temp_files()
             store.mark_complete()
         slide.seconds += figures.seconds
         row = slide.row
@@ -283,12 +288,12 @@ def _window(threads: int) -> int:
 
 def chunk_groups(counts: np.ndarray, todo: np.ndarray, chunk: int, threads: int) -> list[list[tuple[int, int]]]:
     """The chunks to compute (``todo``, on the chunk grid) in raster-order groups of about equal
-    work: about two groups per worker thread for a big slide, bounded by
+    work: :data:`GROUPS_PER_THREAD` groups per worker thread, bounded by
     :data:`MIN_GROUP_CHUNKS` and :data:`MAX_GROUP_CHUNKS` full chunks."""
     full = float(chunk * chunk)
     weights = np.where(counts > 0, counts.astype(np.float64), EMPTY_CHUNK_WEIGHT * full)
     total = float(weights[todo].sum())
-    target = min(max(total / (2 * max(1, threads)), MIN_GROUP_CHUNKS * full), MAX_GROUP_CHUNKS * full)
+    target = min(max(total / (GROUPS_PER_THREAD * max(1, threads)), MIN_GROUP_CHUNKS * full), MAX_GROUP_CHUNKS * full)
     groups: list[list[tuple[int, int]]] = []
     current: list[tuple[int, int]] = []
     load = 0.0

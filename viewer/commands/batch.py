@@ -115,7 +115,7 @@ def run(args) -> int:
     from viewer.batch.run import BatchSettings, run_batch
     from viewer.batch.summary import FAILED, SUMMARY_CSV, claimed_folders
     from viewer.commands.heatmap import analysis_options, model_file
-    from viewer.model import model_mpp
+    from viewer.model import file_sha256, model_mpp
 
     _check_args(args)
     options = dataclasses.replace(analysis_options(args), precision=args.precision)
@@ -131,11 +131,12 @@ def run(args) -> int:
         force=args.force,
     )
     quiet = args.quiet
-    with batch_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker) as (client, info):
+    with batch_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                      model=model, model_sha256=file_sha256(model)) as (client, info):
         if not quiet:
             where = "local cluster" if info.local else f"cluster at {info.address}"
-            print(f"batch: {len(paths)} slides on a {where} of {info.workers} worker"
-                  f"{'s' if info.workers != 1 else ''} ({info.threads} threads)", file=sys.stderr)
+            print(f"batch: {_count(len(paths), 'slide')} on a {where} of {_count(info.workers, 'worker')} "
+                  f"({_count(info.threads, 'thread')})", file=sys.stderr)
             if info.dashboard:
                 print(f"dashboard: {info.dashboard}", file=sys.stderr)
         progress = BatchProgress(len(paths), quiet=quiet)
@@ -144,6 +145,10 @@ def run(args) -> int:
     failed = result.count(FAILED)
     print(f"batch: {result.line()}; summary in {outdir / SUMMARY_CSV}")
     return EXIT_SOME_FAILED if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _suffixes() -> list[str]:
