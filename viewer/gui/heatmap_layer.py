@@ -88,11 +88,19 @@ class HeatmapLayer:
         self._probs: np.ndarray | None = None  # their probabilities (a view of an array heatmap)
         self._rgba: np.ndarray | None = None
         self._overview: dict[str, np.ndarray] = {}
+        self._overview_rgba: np.ndarray | None = None  # coloured overview of the kind shown
+        self._overview_dirty = False
         self._mode = "cells"
+        self._read_generation = 0  # of the latest background read of cells (stores)
+        self._reading: tuple[slice, slice] | None = None
         # Parented to the canvas, so it dies with it and never fires into deleted items.
         self._refresh_timer = QTimer(canvas, singleShot=True, interval=40)
         self._refresh_timer.timeout.connect(self.refresh)
         canvas.view.sigRangeChanged.connect(lambda *_: self._refresh_timer.start())
+        # New tiles recolour their part of the overview at once, but it is handed to Qt at most
+        # every 150 ms: a whole-slide overview is a few MB of RGBA.
+        self._overview_timer = QTimer(canvas, singleShot=True, interval=150)
+        self._overview_timer.timeout.connect(self._push_overview)
 
     # Data -----------------------------------------------------------------------------------
     @property
@@ -112,6 +120,9 @@ class HeatmapLayer:
         self._data = data
         self._span = self._probs = self._rgba = None
         self._overview = {}
+        self._overview_rgba = None
+        self._read_generation += 1
+        self._reading = None
         self.item.clear()
         self.overview_item.clear()
         if data is None:
@@ -178,6 +189,7 @@ class HeatmapLayer:
             if self._probs is not None:
                 self._rgba = colour_cells(self._probs, self._lut, self._threshold)
                 self.item.setImage(self._rgba, autoLevels=False, levels=None)
+            self._overview_rgba = None
             self._show_overview()
 
     # Level of detail ------------------------------------------------------------------------
@@ -212,8 +224,35 @@ class HeatmapLayer:
             # The visible cells plus half a view around them, so small pans need no new read.
             total_r, total_c = data.shape
             m_r, m_c = n_r // 2 + 1, n_c // 2 + 1
-            self._show_cells((slice(max(0, rows.start - m_r), min(total_r, rows.stop + m_r)),
-                              slice(max(0, cols.start - m_c), min(total_c, cols.stop + m_c))))
+            span = (slice(max(0, rows.start - m_r), min(total_r, rows.stop + m_r)),
+                    slice(max(0, cols.start - m_c), min(total_c, cols.stop + m_c)))
+            if hasattr(data, "store"):
+                self._read_in_background(span)
+                if shown is None:  # nothing exact to show yet: keep the overview meanwhile
+                    self._show_overview()
+                    self._set_mode("overview")
+                return
+            self._show_cells(span)
+        self._set_mode("cells")
+
+    def _read_in_background(self, span: tuple[slice, slice]) -> None:
+        """Read a store's cells in a worker: on the main thread the read would wait behind the
+        running heatmap's chunk writes (zarr serialises its I/O), freezing the window."""
+        if self._reading == span:
+            return
+        from viewer.gui.worker import run_in_background
+
+        self._read_generation += 1
+        self._reading = span
+        data, generation = self._data, self._read_generation
+        run_in_background(data.read, *span, on_result=lambda probs: self._on_read(generation, span, probs),
+                          on_error=lambda _exc: None)
+
+    def _on_read(self, generation: int, span: tuple[slice, slice], probs: np.ndarray) -> None:
+        if generation != self._read_generation:
+            return  # another heatmap, or the view moved on and asked for other cells
+        self._reading = None
+        self._show_cells(span, probs)
         self._set_mode("cells")
 
     def _set_mode(self, mode: str) -> None:
@@ -221,11 +260,11 @@ class HeatmapLayer:
         self.item.setVisible(self._visible and mode == "cells")
         self.overview_item.setVisible(self._visible and mode == "overview")
 
-    def _show_cells(self, span: tuple[slice, slice]) -> None:
+    def _show_cells(self, span: tuple[slice, slice], probs: np.ndarray | None = None) -> None:
         data = self._data
         rows, cols = span
         self._span = span
-        self._probs = data.read(rows, cols)
+        self._probs = data.read(rows, cols) if probs is None else probs
         if not np.isfinite(self._probs).any():  # a run just started: all transparent, and cheap
             self._rgba = np.zeros(self._probs.shape + (4,), dtype=np.uint8)
         else:
@@ -261,20 +300,33 @@ class HeatmapLayer:
         f = OVERVIEW_FACTOR
         # Tiles are store chunks (multiples of 8 cells from a multiple of 8), so each overview
         # cell they touch is entirely theirs; an unaligned tile is folded approximately.
+        r0, c0 = rows.start // f, cols.start // f
         for kind, overview in self._overview.items():
             reduced = reduce_blocks(probabilities, f, kind)
-            r0, c0 = rows.start // f, cols.start // f
-            overview[r0 : r0 + reduced.shape[0], c0 : c0 + reduced.shape[1]] = reduced
-        if self._mode == "overview":
-            self._show_overview()
+            block = (slice(r0, r0 + reduced.shape[0]), slice(c0, c0 + reduced.shape[1]))
+            overview[block] = reduced
+            if kind == self._coarse_kind and self._overview_rgba is not None:
+                self._overview_rgba[block] = colour_cells(reduced, self._lut, self._threshold)
+                self._overview_dirty = True
+        if self._overview_dirty and self._mode == "overview" and not self._overview_timer.isActive():
+            self._overview_timer.start()
+
+    def _push_overview(self) -> None:
+        if self._overview_dirty and self._overview_rgba is not None:
+            self._overview_dirty = False
+            self.overview_item.setImage(self._overview_rgba, autoLevels=False, levels=None)
 
     def _show_overview(self) -> None:
+        """Show the overview of the kind chosen; coloured once, then kept up to date per tile."""
         overview = self._overview.get(self._coarse_kind)
         if overview is None:
             return
-        rgba = colour_cells(overview, self._lut, self._threshold)
-        self.overview_item.setImage(rgba, autoLevels=False, levels=None)
-        self.overview_item.setRect(self._cell_rect(0, 0, overview.shape[0], overview.shape[1], OVERVIEW_FACTOR))
+        if self._overview_rgba is None or self._overview_dirty:
+            if self._overview_rgba is None:
+                self._overview_rgba = colour_cells(overview, self._lut, self._threshold)
+            self._overview_dirty = False
+            self.overview_item.setImage(self._overview_rgba, autoLevels=False, levels=None)
+            self.overview_item.setRect(self._cell_rect(0, 0, overview.shape[0], overview.shape[1], OVERVIEW_FACTOR))
 
     def probability_at(self, x: float, y: float) -> float | None:
         """The probability of the cell drawn at level-0 point (x, y) (None outside the heatmap),
