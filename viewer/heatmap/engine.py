@@ -262,6 +262,13 @@ class HeatmapPlan:
             return self.tile_rows, self.tile_cols
         return _round_up(rows.stop - rows.start, self.quantum[0]), _round_up(cols.stop - cols.start, self.quantum[1])
 
+    def block_box(self, rows: slice, cols: slice) -> tuple[int, int, int, int]:
+        """The image block ``(x, y, w, h)`` the exact pass reads for a tile: its padded shape
+        plus the 32 px window (readers can fetch it ahead of the engine)."""
+        pad_rows, pad_cols = self.padded_shape(rows, cols)
+        s = self.stride
+        return cols.start * s, rows.start * s, (pad_cols - 1) * s + PATCH_SIZE, (pad_rows - 1) * s + PATCH_SIZE
+
     def padded_cells(self) -> int:
         """Cells evaluated including the padding (work done, against :attr:`cells` needed)."""
         total = 0
@@ -691,10 +698,7 @@ class _ExactEvaluator:
     def __call__(self, rows: slice, cols: slice) -> np.ndarray:
         # Each tile reads a block of one of the plan's few fixed shapes (padded past the tile),
         # so oneDNN reuses its kernels from tile to tile. Padded windows are dropped.
-        s = self.stride
-        pad_rows, pad_cols = self.plan.padded_shape(rows, cols)
-        y0, x0 = rows.start * s, cols.start * s
-        block = self.pixels.block(x0, y0, (pad_cols - 1) * s + PATCH_SIZE, (pad_rows - 1) * s + PATCH_SIZE)[None]
+        block = self.pixels.block(*self.plan.block_box(rows, cols))[None]
         _STATS["calls"] += 1
         out = self.fn(block).numpy()
         return np.ascontiguousarray(out[: rows.stop - rows.start, : cols.stop - cols.start], dtype=np.float32)

@@ -271,25 +271,85 @@ def _computed_chunks(
     if not busy:
         return
     grid = plan.grid
-    groups = engine_tiles(plan, busy, interactive=interactive)
+    groups = []
+    for (rows, cols), members in engine_tiles(plan, busy, interactive=interactive):
+        keep = plan.evaluated_cells(rows, cols)
+        groups.append(((rows, cols), members, keep, _trimmed(rows, cols, keep)))
     engine_plan = HeatmapPlan(
         grid.height, grid.width, grid.stride,
-        max(rows.stop - rows.start for (rows, _), _ in groups), max(cols.stop - cols.start for (_, cols), _ in groups),
-        tuple(tile for tile, _ in groups), quantum=(tile_quantum(grid.stride),) * 2,
+        max(t[0].stop - t[0].start for *_, t in groups), max(t[1].stop - t[1].start for *_, t in groups),
+        tuple(t for *_, t in groups), quantum=(tile_quantum(grid.stride),) * 2,
     )
-    tiles = iter_heatmap_tiles(AnalysisImage(plan.slide, grid), model, grid.stride, plan=engine_plan,
-                               precision=plan.precision)
+    pixels = _ReadAhead(AnalysisImage(plan.slide, grid), [engine_plan.block_box(*t) for t in engine_plan.tiles])
+    tiles = iter_heatmap_tiles(pixels, model, grid.stride, plan=engine_plan, precision=plan.precision)
     try:
-        for (_, members), tile in zip(groups, tiles, strict=True):  # the engine yields one tile per group
+        for ((rows, cols), members, keep, _), tile in zip(groups, tiles, strict=True):  # one engine tile per group
+            values = np.full(keep.shape, np.nan, np.float32)
+            values[tile.rows.start - rows.start : tile.rows.stop - rows.start,
+                   tile.cols.start - cols.start : tile.cols.stop - cols.start] = tile.probabilities
+            values[~keep] = np.nan  # background: not evaluated
             for i, j in members:
-                rows, cols = plan.chunk_slices(i, j)
-                part = tile.probabilities[rows.start - tile.rows.start : rows.stop - tile.rows.start,
-                                          cols.start - tile.cols.start : cols.stop - tile.cols.start]
-                keep = plan.evaluated_cells(rows, cols)
-                probabilities = part if keep.all() else np.where(keep, part, np.float32(np.nan))
-                yield (i, j), HeatmapTile(rows, cols, np.ascontiguousarray(probabilities, dtype=np.float32))
+                c_rows, c_cols = plan.chunk_slices(i, j)
+                part = values[c_rows.start - rows.start : c_rows.stop - rows.start,
+                              c_cols.start - cols.start : c_cols.stop - cols.start]
+                yield (i, j), HeatmapTile(c_rows, c_cols, np.ascontiguousarray(part))
     finally:
         tiles.close()
+        pixels.close()
+
+
+def _trimmed(rows: slice, cols: slice, keep: np.ndarray) -> tuple[slice, slice]:
+    """The part of an engine tile the engine computes: the bounding box of its tissue cells
+    (at a tissue edge, the glass rows and columns of its chunks are skipped)."""
+    used_rows, used_cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    if not len(used_rows):  # cannot happen for chunks with tissue; compute it all rather than fail
+        return rows, cols
+    return (slice(rows.start + int(used_rows[0]), rows.start + int(used_rows[-1]) + 1),
+            slice(cols.start + int(used_cols[0]), cols.start + int(used_cols[-1]) + 1))
+
+
+class _ReadAhead:
+    """An analysis image whose blocks are read one engine tile ahead, in a background thread.
+
+    Decoding a slide's JPEG tiles for a ~1 Mpx block takes about a sixth of the time the network
+    needs for it; read while the engine computes the block before, it costs almost nothing. The
+    engine asks for ``boxes`` in order; any other request is read directly. Only pixels are read
+    in the background (never TensorFlow), and :meth:`close` waits for a read in flight, so no
+    work outlives the run.
+    """
+
+    def __init__(self, image: AnalysisImage, boxes: list[tuple[int, int, int, int]]) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.image = image
+        self.height, self.width = image.height, image.width
+        self._boxes = deque(boxes)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-read-ahead")
+        self._next = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._boxes:
+            box = self._boxes.popleft()
+            self._next = (box, self._pool.submit(self.image.block, *box))
+        else:
+            self._next = None
+
+    def block(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if self._next is None or self._next[0] != (x, y, w, h):
+            return self.image.block(x, y, w, h)
+        future = self._next[1]
+        pixels = future.result()
+        self._schedule()
+        return pixels
+
+    def close(self) -> None:
+        self._boxes.clear()
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+        self._pool.shutdown(wait=True)
 
 
 def group_side(plan: SlideHeatmapPlan) -> int:
@@ -412,6 +472,11 @@ def settle_precision(plan: SlideHeatmapPlan, model) -> None:
         plan.precision = actual
 
 
+_WRITES_IN_FLIGHT = 16
+"""Chunk writes queued behind the engine at most (a few engine tiles' worth): the computation
+waits when the disk falls this far behind, and stopping a run waits for at most these."""
+
+
 def run_to_store(
     plan: SlideHeatmapPlan,
     model,
@@ -423,19 +488,62 @@ def run_to_store(
 ) -> Iterator[tuple[tuple[int, int], HeatmapTile]]:
     """Compute every chunk the store lacks (or just ``chunks``), writing each one as it comes.
 
-    Yields what it wrote, so a caller can paint or report progress. Stopping early loses at most
-    the engine tile being computed (a few chunks); a later run continues from the store's
-    ``done`` mask. ``interactive``: as for :func:`iter_slide_heatmap`.
+    Yields each chunk once it is written, so a caller can paint or report progress. Stopping
+    early loses at most the chunks computed but not yet written (a few engine tiles' worth; a
+    write in progress completes); a later run continues from the store's ``done`` mask.
+    ``interactive``: as for :func:`iter_slide_heatmap`.
+
+    Writing a chunk durably costs ~10 ms (a few ms of zarr's CPU time, then fsyncs), as much as
+    computing it, so chunks are written by one background thread while the engine computes the
+    next tile; chunks without tissue (nothing to compute, but written all the same) are fed to
+    that thread between computed chunks rather than all at the end, so their writes hide behind
+    the computation too.
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     done = store.done_mask()
     if chunks is None:
         todo = chunks_in_order(plan, order_from, skip=done)
     else:
         todo = [ij for ij in chunks if not done[ij]]
-    for (i, j), tile in iter_slide_heatmap(plan, model, todo, interactive=interactive):
-        store.write_tissue_chunk(i, j, plan.evaluated_cells(tile.rows, tile.cols))
-        store.write_chunk(i, j, tile.probabilities)
-        yield (i, j), tile
+    counts = plan.chunk_tissue_cells
+    empty = deque(ij for ij in todo if counts is not None and counts[ij] == 0)
+    busy = [ij for ij in todo if counts is None or counts[ij] > 0]
+
+    def write(ij: tuple[int, int], tile: HeatmapTile) -> None:
+        store.write_tissue_chunk(*ij, plan.evaluated_cells(tile.rows, tile.cols))
+        store.write_chunk(*ij, tile.probabilities)
+
+    def empty_tile(ij: tuple[int, int]) -> HeatmapTile:
+        rows, cols = plan.chunk_slices(*ij)
+        return HeatmapTile(rows, cols, np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32))
+
+    pending: deque = deque()  # (ij, tile, future) in submission order
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-store-writer")
+    try:
+        for ij, tile in iter_slide_heatmap(plan, model, busy, interactive=interactive):
+            pending.append((ij, tile, writer.submit(write, ij, tile)))
+            if empty and len(pending) < _WRITES_IN_FLIGHT // 2:
+                e = empty.popleft()
+                blank = empty_tile(e)
+                pending.append((e, blank, writer.submit(write, e, blank)))
+            while pending and (pending[0][2].done() or len(pending) > _WRITES_IN_FLIGHT):
+                ij_done, tile_done, future = pending.popleft()
+                future.result()  # a failed write stops the run here, with its error
+                yield ij_done, tile_done
+        while empty or pending:
+            while empty and len(pending) < _WRITES_IN_FLIGHT:
+                e = empty.popleft()
+                tile = empty_tile(e)
+                pending.append((e, tile, writer.submit(write, e, tile)))
+            ij_done, tile_done, future = pending.popleft()
+            future.result()
+            yield ij_done, tile_done
+    finally:
+        for _, _, future in pending:
+            future.cancel()  # not started yet: computed or not, a later run redoes it
+        writer.shutdown(wait=True)  # a write in progress completes (a chunk is all or nothing)
     if store.done_mask().all():
         store.mark_complete()
 
