@@ -27,6 +27,7 @@ import datetime as _dt
 import json
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,9 +113,10 @@ class _Slide:
     prepared: object = None
     """The prepare task's future: chunk tasks take it as an argument, so Dask ships the plan to
     the workers that need it (and re-plans if the worker holding it dies)."""
+    identity: dict | None = None
+    """Size and time of the slide file when its work began (recorded when it is finished)."""
     cell_px: float = 0.0
     seconds: float = 0.0
-    started: bool = False
     over: bool = False
 
 
@@ -141,6 +143,7 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
     writer = _SummaryWriter(outdir, [s.row for s in slides], settings.describe(sha))
     tasks = as_completed(loop=client.loop)
     owner: dict[str, _Slide] = {}
+    active: set[int] = set()
 
     def submit(slide: _Slide, kind: str, func, *args) -> object:
         key = f"{kind}-{run}-{slide.job.index}-{len(slide.futures)}"
@@ -150,15 +153,19 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
         tasks.add(future)
         return future
 
+    def over(slide: _Slide) -> None:
+        slide.over = True
+        slide.futures.clear()
+        slide.prepared = None
+        active.discard(slide.job.index)
+
     def fail(slide: _Slide, message: str) -> None:
         if slide.over:
             return
-        slide.over = True
         others = [f for f in slide.futures.values() if not f.done()]
         if others:
             client.cancel(others)
-        slide.futures.clear()
-        slide.prepared = None
+        over(slide)
         slide.row.status, slide.row.error = FAILED, message
         slide.row.seconds = _round(slide.seconds)
         progress.slide_finished(f"failed: {slide.job.slide}: {message}", failed=True)
@@ -167,7 +174,8 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
     def start(slide: _Slide) -> None:
         """Skip, finalise or plan the slide (the first step above)."""
         job = slide.job
-        slide.started = True
+        active.add(job.index)
+        slide.identity = records.file_identity(job.slide)
         folder = Path(job.folder)
         record = records.read_record(folder)
         if not settings.force and record is not None and record.get("input") == job.slide:
@@ -175,7 +183,7 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
             if state == "skip":
                 _fill_row(slide.row, record.get("figures") or {})
                 slide.row.status = SKIPPED
-                slide.over = True
+                over(slide)
                 progress.slide_finished(f"skipped (finished earlier): {job.slide}", planned=False)
                 writer.changed()
                 return
@@ -225,23 +233,21 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
         row.tissue_fraction, row.tumour_fraction = figures.tissue_fraction, figures.tumour_fraction
         row.mean_probability, row.seconds = figures.mean_probability, _round(slide.seconds)
         records.write_record(Path(job.folder), {
-            "input": job.slide, "folder": row.output, "finished": _now(), "file": records.file_identity(job.slide),
+            "input": job.slide, "folder": row.output, "finished": _now(), "file": slide.identity,
             "model_sha256": job.model_sha256, "options": options_record(job.options), "threshold": job.threshold,
             "overlay_size": job.overlay_size, "geojson": job.geojson, "figures": records.stats_fields(row),
         })
         row.status = DONE
-        slide.over = True
-        slide.futures.clear()
-        slide.prepared = None
+        over(slide)
         progress.slide_finished(f"done: {job.slide} ({row.seconds:g} s of work)")
         writer.changed()
 
-    waiting = list(slides)
+    waiting = deque(slides)
     window = _window(threads)
 
     def top_up() -> None:
-        while waiting and sum(1 for s in slides if s.started and not s.over) < window:
-            start(waiting.pop(0))
+        while waiting and len(active) < window:
+            start(waiting.popleft())
 
     try:
         writer.write()
@@ -266,8 +272,6 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
                         finished(slide, result)
             except InputError as exc:  # the client's part for this slide: store refused, ...
                 fail(slide, _error_text(exc, slide.job.slide))
-            if slide.over:
-                slide.futures.clear()
             top_up()
             writer.write_if_due()
     finally:

@@ -1,0 +1,251 @@
+"""``histoviewer batch`` on Dask: slides per minute with 1 and 2 workers against a plain loop, and
+peak memory per worker on a slide far too large to hold whole.
+
+    python benchmarks/batch.py [--slides 8] [--size 6144x4096] [--big 50000] [--repeat 1]
+
+Every configuration runs in a fresh process, timed from its start to its exit (Python, TensorFlow
+and model start-up included, as a user sees them), on the same slides, one after the other:
+
+* **loop, 1 thread**: one process, the model loaded once, then for each slide what ``histoviewer
+  heatmap SLIDE --out S.zarr`` does (open, plan, store, ``run_to_store``) plus the summary figures;
+  TensorFlow capped at one thread. The baseline of a single worker.
+* **loop, all cores**: the same with TensorFlow's default threads (every core).
+* **batch, 1 worker** and **batch, 2 workers**: ``viewer.batch`` on a LocalCluster (one thread
+  per worker), as ``histoviewer batch SLIDES --out DIR --workers N``.
+
+Ratios are taken within one run (the machine is shared; absolute times move). The slides are
+JPEG-tiled pyramids written by ``tests/slide_factory.write_jpeg_tile_slide`` (60 % tissue).
+
+**Decode vs compute**: in the loop process, the first slide's tissue chunks are read (tile + halo,
+exactly the pixels the engine asks for) without computing, against the full run on that slide.
+
+**Peak RSS per worker**: a ``--big`` px square slide (10 % tissue; 7.5 GB of pixels decoded at
+50,000 px) through 2 workers; each worker's peak resident set (``VmHWM``) read at the end with
+``client.run``, and the client's. The slide is cached in ``benchmarks/results/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+PEAK_GOAL_MB = 1536
+SCALING_GOAL = 1.7
+OVERHEAD_GOAL = 0.10
+
+
+def _peak_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Children (each configuration runs in its own process)
+# ---------------------------------------------------------------------------------------------
+
+
+def child_loop(slides: list[str], out: Path, threads: int | None, decode: bool) -> dict:
+    sys.path.insert(0, str(REPO))
+    from viewer.batch.tasks import heatmap_figures
+    from viewer.heatmap.data import StoreHeatmap
+    from viewer.heatmap.precision import configure_threads
+    from viewer.heatmap.slide_run import SlideHeatmapOptions, open_store_for, plan_slide_heatmap, run_to_store
+    from viewer.model import bundled_model_path, load_model
+    from viewer.slide import open_slide
+
+    configure_threads(threads)
+    model_path = bundled_model_path()
+    model = load_model(model_path)
+    report: dict = {}
+    if decode:
+        report.update(_decode_vs_compute(slides[0], model_path, model, out / "probe.zarr"))
+    tissue_px = 0.0
+    for k, path in enumerate(slides):
+        with open_slide(path) as slide:
+            plan = plan_slide_heatmap(slide, model_path, SlideHeatmapOptions())
+            store, _ = open_store_for(plan, out / f"{k}.zarr", force=True)
+            for _ in run_to_store(plan, model, store):
+                pass
+            heatmap_figures(StoreHeatmap(store), 0.5)
+            tissue_px += plan.tissue_cells * plan.cell_area_px
+    report.update(tissue_px=tissue_px, peak_mb=_peak_mb())
+    return report
+
+
+def _decode_vs_compute(path: str, model_path, model, store_path: Path) -> dict:
+    """Seconds to read the tissue chunks' input pixels (decode) and to compute the slide."""
+    from viewer.heatmap.analysis import AnalysisImage
+    from viewer.heatmap.slide_run import SlideHeatmapOptions, open_store_for, plan_slide_heatmap, run_to_store
+    from viewer.slide import open_slide
+
+    with open_slide(path) as slide:  # a fresh slide object: its tile cache starts empty
+        plan = plan_slide_heatmap(slide, model_path, SlideHeatmapOptions())
+        image = AnalysisImage(slide, plan.grid)
+        s, side = plan.stride, (plan.chunk - 1) * plan.stride + 32
+        start = time.perf_counter()
+        for i, j in zip(*plan.chunk_tissue_cells.nonzero()):
+            rows, cols = plan.chunk_slices(int(i), int(j))
+            image.block(cols.start * s, rows.start * s, side, side)
+        decode = time.perf_counter() - start
+    with open_slide(path) as slide:
+        plan = plan_slide_heatmap(slide, model_path, SlideHeatmapOptions())
+        store, _ = open_store_for(plan, store_path, force=True)
+        start = time.perf_counter()
+        for _ in run_to_store(plan, model, store):
+            pass
+        total = time.perf_counter() - start
+    return {"decode_s": decode, "slide_s": total, "slide_tissue_px": plan.tissue_cells * plan.cell_area_px}
+
+
+def child_batch(slides: list[str], out: Path, workers: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    from viewer.batch.cluster import batch_client
+    from viewer.batch.inputs import assign_folders
+    from viewer.batch.run import BatchSettings, run_batch
+    from viewer.model import bundled_model_path, file_sha256
+
+    model = bundled_model_path()
+    settings = BatchSettings(assign_folders(slides), out, model)
+    with batch_client(None, workers=workers, threads_per_worker=1, model=model, model_sha256=file_sha256(model)) as (client, info):
+        result = run_batch(settings, client, threads=info.threads)
+        worker_peaks = sorted(client.run(_peak_mb).values())
+    failed = [row.error for row in result.rows if row.status != "done"]
+    if failed:
+        raise SystemExit(f"batch failed: {failed}")
+    return {"worker_peak_mb": worker_peaks, "peak_mb": _peak_mb()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent
+# ---------------------------------------------------------------------------------------------
+
+
+def run_child(kind: str, slides: list[str], **options) -> dict:
+    """Run one configuration in a fresh process; returns its report plus wall seconds."""
+    with tempfile.TemporaryDirectory(prefix="batch-bench-") as out:
+        spec = json.dumps({"kind": kind, "slides": slides, "out": out, **options})
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report["wall_s"] = wall
+    return report
+
+
+def make_slides(folder: Path, count: int, width: int, height: int) -> list[str]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from slide_factory import write_jpeg_tile_slide
+
+    return [str(write_jpeg_tile_slide(folder / f"slide{k}.tif", width, height, block=1024, tissue_fraction=0.6, seed=k))
+            for k in range(count)]
+
+
+def big_slide(size: int) -> str:
+    sys.path.insert(0, str(REPO / "tests"))
+    from slide_factory import write_jpeg_tile_slide
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"batch_{size}.tif"
+    record = RESULTS / f"batch_{size}.json"
+    wanted = {"size": size, "tissue_fraction": 0.1, "block": 4096}
+    if path.exists() and record.exists():
+        try:
+            known = json.loads(record.read_text())
+            if known.get("params") == wanted and known.get("bytes") == path.stat().st_size:
+                return str(path)
+        except (OSError, ValueError):
+            pass
+    write_jpeg_tile_slide(path, size, size, tissue_fraction=0.1, block=4096, seed=7)
+    record.write_text(json.dumps({"params": wanted, "bytes": path.stat().st_size}))
+    return str(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slides", type=int, default=8, help="slides in the throughput runs (default 8)")
+    parser.add_argument("--size", default="6144x4096", help="their size, WxH px (default 6144x4096)")
+    parser.add_argument("--big", type=int, default=50000, help="side of the memory run's slide, px (0: skip; default 50000)")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat the throughput runs, report medians (default 1)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child is not None:
+        spec = json.loads(args.child)
+        out = Path(spec["out"])
+        if spec["kind"] == "loop":
+            report = child_loop(spec["slides"], out, spec.get("threads"), spec.get("decode", False))
+        else:
+            report = child_batch(spec["slides"], out, spec["workers"])
+        print(json.dumps(report))
+        return 0
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    folder = Path(tempfile.mkdtemp(prefix="batch-bench-slides-"))
+    try:
+        slides = make_slides(folder, args.slides, width, height)
+        configs = [("loop, 1 thread", "loop", {"threads": 1, "decode": True}), ("batch, 1 worker", "batch", {"workers": 1}),
+                   ("batch, 2 workers", "batch", {"workers": 2}), ("loop, all cores", "loop", {"threads": None})]
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+        for _ in range(max(1, args.repeat)):
+            for name, kind, options in configs:
+                runs[name].append(run_child(kind, slides, **options))
+                print(f"  {name:<18} {runs[name][-1]['wall_s']:6.1f} s", flush=True)
+        wall = {name: statistics.median(r["wall_s"] for r in reports) for name, reports in runs.items()}
+        loop1 = runs["loop, 1 thread"][0]
+        tissue_px = loop1["tissue_px"]
+        print(f"\n{args.slides} slides of {width}x{height} px, {tissue_px / 1e6 / args.slides:.0f} Mpx of tissue each "
+              f"(60 %), stride 8, bundled model; wall time from process start to exit, median of {max(1, args.repeat)}")
+        print(f"  {'configuration':<18} {'wall':>8} {'slides/min':>11} {'tissue Mpx/s':>13} {'per core':>9}  vs loop 1 thread")
+        cores = {"loop, 1 thread": 1, "batch, 1 worker": 1, "batch, 2 workers": 2, "loop, all cores": os.cpu_count() or 1}
+        for name in runs:
+            rate = tissue_px / wall[name] / 1e6
+            print(f"  {name:<18} {wall[name]:7.1f}s {60 * args.slides / wall[name]:11.2f} {rate:13.2f} "
+                  f"{rate / cores[name]:9.2f}  {wall['loop, 1 thread'] / wall[name]:.2f}x")
+        scaling = wall["batch, 1 worker"] / wall["batch, 2 workers"]
+        overhead = wall["batch, 1 worker"] / wall["loop, 1 thread"] - 1
+        print(f"\n  2 workers / 1 worker          {scaling:.2f}x   goal >= {SCALING_GOAL}x   {'OK' if scaling >= SCALING_GOAL else 'MISSED'}")
+        print(f"  1 worker overhead vs loop     {100 * overhead:+.1f} %   goal <= {100 * OVERHEAD_GOAL:.0f} %    "
+              f"{'OK' if overhead <= OVERHEAD_GOAL else 'MISSED'}")
+        print(f"  2 workers / loop, all cores   {wall['loop, all cores'] / wall['batch, 2 workers']:.2f}x")
+        decode = loop1["decode_s"] / loop1["slide_s"]
+        print(f"  decode share (slide 1, loop)  {100 * decode:.0f} % of {loop1['slide_s']:.1f} s "
+              f"(reading {loop1['slide_tissue_px'] / 1e6:.0f} Mpx of tissue chunks + halo: {loop1['decode_s']:.2f} s)")
+        peaks = [p for r in runs["batch, 2 workers"] for p in r["worker_peak_mb"]]
+        print(f"  worker peak RSS, these slides {max(peaks):.0f} MB")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    if args.big:
+        path = big_slide(args.big)
+        report = run_child("batch", [path], workers=2)
+        worst = max(report["worker_peak_mb"])
+        print(f"\n{args.big}x{args.big} px slide (10 % tissue, {3 * args.big**2 / 1e9:.1f} GB decoded), 2 workers: "
+              f"{report['wall_s']:.0f} s")
+        print(f"  peak RSS per worker  {', '.join(f'{p:.0f} MB' for p in report['worker_peak_mb'])}   "
+              f"goal <= {PEAK_GOAL_MB} MB   {'OK' if worst <= PEAK_GOAL_MB else 'MISSED'}")
+        print(f"  peak RSS of the client  {report['peak_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
