@@ -21,6 +21,20 @@ The engine
     coincide and the result equals cutting out every window (to float round-off). Other strides
     and other models fall back to batches of windows through the Keras model itself.
 
+Tiles (:func:`plan_heatmap`)
+    Bulk work (compute_heatmap, the CLI, whole slides) uses tiles of about 1024 px, where the
+    halo costs ~5 % and a 1360 x 1024 image takes two calls; interactive work gets one small
+    first tile (about 256 px, a few ms) at the point of interest, then bulk tiles. Every tile
+    is evaluated on a block padded up to a multiple of about 64 px (:func:`tile_quantum`), so
+    only a few block shapes ever occur (oneDNN sets up kernels per shape) and a cell's value
+    does not depend on the tile it was computed in.
+
+Precision
+    ``precision="float32"`` (default) is exact as above. ``"bfloat16"`` runs everything after
+    the first convolution and its max-pool in bfloat16 on CPUs with bfloat16 units (about twice
+    the speed; probabilities within ~0.01), see :func:`_exact_function`; elsewhere it warns once
+    and computes in float32 (:mod:`viewer.heatmap.precision`).
+
 Keras and TensorFlow are imported lazily, inside the functions that need them.
 """
 
