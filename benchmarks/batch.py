@@ -182,7 +182,7 @@ def big_slide(size: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slides", type=int, default=8, help="slides in the throughput runs (default 8)")
+    parser.add_argument("--slides", type=int, default=8, help="slides in the throughput runs (0: skip them; default 8)")
     parser.add_argument("--size", default="6144x4096", help="their size, WxH px (default 6144x4096)")
     parser.add_argument("--big", type=int, default=50000, help="side of the memory run's slide, px (0: skip; default 50000)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the throughput runs, report medians (default 1)")
@@ -199,6 +199,14 @@ def main() -> int:
         print(json.dumps(report))
         return 0
 
+    if args.slides > 0:
+        throughput(args)
+    if args.big:
+        memory(args.big)
+    return 0
+
+
+def throughput(args) -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     folder = Path(tempfile.mkdtemp(prefix="batch-bench-slides-"))
     try:
@@ -235,16 +243,15 @@ def main() -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    if args.big:
-        path = big_slide(args.big)
-        report = run_child("batch", [path], workers=2)
-        worst = max(report["worker_peak_mb"])
-        print(f"\n{args.big}x{args.big} px slide (10 % tissue, {3 * args.big**2 / 1e9:.1f} GB decoded), 2 workers: "
-              f"{report['wall_s']:.0f} s")
-        print(f"  peak RSS per worker  {', '.join(f'{p:.0f} MB' for p in report['worker_peak_mb'])}   "
-              f"goal <= {PEAK_GOAL_MB} MB   {'OK' if worst <= PEAK_GOAL_MB else 'MISSED'}")
-        print(f"  peak RSS of the client  {report['peak_mb']:.0f} MB")
-    return 0
+
+def memory(size: int) -> None:
+    path = big_slide(size)
+    report = run_child("batch", [path], workers=2)
+    worst = max(report["worker_peak_mb"])
+    print(f"\n{size}x{size} px slide (10 % tissue, {3 * size**2 / 1e9:.1f} GB decoded), 2 workers: {report['wall_s']:.0f} s")
+    print(f"  peak RSS per worker  {', '.join(f'{p:.0f} MB' for p in report['worker_peak_mb'])}   "
+          f"goal <= {PEAK_GOAL_MB} MB   {'OK' if worst <= PEAK_GOAL_MB else 'MISSED'}")
+    print(f"  peak RSS of the client  {report['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def batch_client(
             local = False
         else:
             threads = threads_per_worker or 1
-            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}), _sigint_ignored():
                 cluster = stack.enter_context(LocalCluster(
                     n_workers=workers or default_workers(), threads_per_worker=threads, processes=True,
                     dashboard_address=DASHBOARD_ADDRESS if _has_bokeh() else None,
@@ -94,7 +95,8 @@ def batch_client(
             local = True
         try:
             client.register_plugin(
-                WorkerSetup(threads_per_worker, None if model is None else str(model), model_sha256), name=PLUGIN_NAME,
+                WorkerSetup(threads_per_worker, None if model is None else str(model), model_sha256, ignore_sigint=local),
+                name=PLUGIN_NAME,
             )
         except Exception as exc:  # e.g. the workers cannot import histoviewer
             raise InputError(f"the Dask workers could not be set up ({type(exc).__name__}: {_one_line(exc)}); "
@@ -104,6 +106,21 @@ def batch_client(
             address=client.scheduler.address, local=local, workers=len(nthreads), threads=sum(nthreads.values()),
             dashboard=_dashboard_link(client),
         )
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start worker processes with Ctrl+C ignored: a terminal sends SIGINT to the whole process
+    group, and only the client should react (it shuts the cluster down); workers that caught it
+    themselves would each print a traceback. Processes inherit an ignored signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _has_bokeh() -> bool:
@@ -139,14 +156,21 @@ class WorkerSetup(WorkerPlugin):
     TensorFlow's threads and starts loading the model in the background, so the TensorFlow
     import (seconds) overlaps the first slide's planning instead of delaying its first chunks."""
 
-    def __init__(self, tf_threads: int | None = None, model: str | None = None, sha256: str | None = None) -> None:
+    def __init__(self, tf_threads: int | None = None, model: str | None = None, sha256: str | None = None,
+                 *, ignore_sigint: bool = False) -> None:
         self.tf_threads = tf_threads
         self.model = model
         self.sha256 = sha256
+        self.ignore_sigint = ignore_sigint
 
     def setup(self, worker) -> None:
-        # Not on the worker's event loop: importing TensorFlow would stall its heartbeats.
+        if self.ignore_sigint and threading.current_thread() is threading.main_thread():
+            # Workers of our LocalCluster leave Ctrl+C to the client (also those the nanny
+            # restarts after a crash, which no longer inherit it ignored).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         set_tf_threads(self.tf_threads or worker.state.nthreads)
+        # The model loads in a thread, not on the worker's event loop: importing TensorFlow
+        # would stall its heartbeats for seconds.
         if self.model is not None and self.sha256 is not None:
             threading.Thread(target=_preload, args=(self.model, self.sha256), name="histoviewer-model-load",
                              daemon=True).start()
