@@ -403,6 +403,45 @@ def test_slide_runs_split_engine_tiles_into_chunks_exactly(model):
         np.testing.assert_array_equal(out, whole)
 
 
+def test_tissue_tiles_cover_the_tissue_and_skip_glass_at_an_edge():
+    from viewer.heatmap.slide_run import tissue_tiles
+
+    rows, cols = np.mgrid[0:128, 0:128]
+    full = np.ones((128, 128), bool)
+    assert tissue_tiles(8, full, 64, 128) == [(slice(64, 192), slice(128, 256))]  # inside tissue: one tile
+    diagonal = rows + cols < 128  # a tissue edge across a block of 2 x 2 chunks
+    tiles = tissue_tiles(8, diagonal)
+    covered = np.zeros((128, 128), int)
+    for r, c in tiles:
+        covered[r, c] += 1
+    assert covered.max() == 1 and covered[diagonal].min() == 1  # every tissue cell exactly once
+    assert 1 < len(tiles) and covered.sum() < 0.8 * 128 * 128  # less glass than the bounding box
+    assert tissue_tiles(8, diagonal, split=False) == [(slice(0, 128), slice(0, 128))]
+    assert tissue_tiles(8, np.zeros((64, 64), bool)) == []
+
+
+def test_slide_runs_with_a_tissue_mask_equal_the_engine_on_tissue(model):
+    """A field half glass, half tissue along a diagonal: cells computed through tissue-trimmed
+    engine tiles equal the plain engine bit for bit; glass cells are NaN."""
+    from viewer.heatmap.slide_run import SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, plan_slide_heatmap
+    from viewer.slide.plain import PlainSlide
+
+    pixels = textured_image(2400, 3000, seed=6)  # glass regions under 0.1 mm² would count as tissue
+    yy, xx = np.mgrid[0:2400, 0:3000]
+    glass = xx + 1.3 * yy > 3000
+    pixels[glass] = np.clip(np.random.default_rng(1).normal(242, 2, (int(glass.sum()), 3)), 0, 255).astype(np.uint8)
+    plan = plan_slide_heatmap(PlainSlide("half.tif", pixels), None, SlideHeatmapOptions(chunk=16, tissue_mask=True))
+    assert plan.tissue is not None and 0.2 < plan.tissue.fraction < 0.8
+    whole = hm.compute_heatmap(pixels, model, 8)
+    out = hm.blank_heatmap(2400, 3000, 8)
+    for _ij, tile in iter_slide_heatmap(plan, model, chunks_in_order(plan, (800.0, 600.0))):
+        out[tile.rows, tile.cols] = tile.probabilities
+    keep = plan.evaluated_cells(slice(0, whole.shape[0]), slice(0, whole.shape[1]))
+    assert keep.any() and not keep.all()
+    np.testing.assert_array_equal(out[keep], whole[keep])
+    assert np.isnan(out[~keep]).all()
+
+
 # --------------------------------------------------------------------------------------------
 # Geometry end to end: a dark blob and a model that responds to darkness
 # --------------------------------------------------------------------------------------------

@@ -275,41 +275,81 @@ def _computed_chunks(
     if not busy:
         return
     grid = plan.grid
-    groups = []
-    for (rows, cols), members in engine_tiles(plan, busy, interactive=interactive):
+    groups = []  # (chunk rect, chunks, tissue mask over the rect, engine tiles covering its tissue)
+    for n, ((rows, cols), members) in enumerate(engine_tiles(plan, busy, interactive=interactive)):
         keep = plan.evaluated_cells(rows, cols)
-        groups.append(((rows, cols), members, keep, _trimmed(rows, cols, keep)))
+        split = not (interactive and n == 0)  # the interactive first chunk: one quick call
+        groups.append(((rows, cols), members, keep, tissue_tiles(grid.stride, keep, rows.start, cols.start, split=split)))
+    flat = [tile for *_, tiles in groups for tile in tiles]
     engine_plan = HeatmapPlan(
         grid.height, grid.width, grid.stride,
-        max(t[0].stop - t[0].start for *_, t in groups), max(t[1].stop - t[1].start for *_, t in groups),
-        tuple(t for *_, t in groups), quantum=(tile_quantum(grid.stride),) * 2,
+        max(t[0].stop - t[0].start for t in flat), max(t[1].stop - t[1].start for t in flat),
+        tuple(flat), quantum=(tile_quantum(grid.stride),) * 2,
     )
-    pixels = _ReadAhead(AnalysisImage(plan.slide, grid), [engine_plan.block_box(*t) for t in engine_plan.tiles])
-    tiles = iter_heatmap_tiles(pixels, model, grid.stride, plan=engine_plan, precision=plan.precision)
+    pixels = _ReadAhead(AnalysisImage(plan.slide, grid), [engine_plan.block_box(*t) for t in flat])
+    results = iter_heatmap_tiles(pixels, model, grid.stride, plan=engine_plan, precision=plan.precision)
     try:
-        for ((rows, cols), members, keep, _), tile in zip(groups, tiles, strict=True):  # one engine tile per group
+        for (rows, cols), members, keep, tiles in groups:
             values = np.full(keep.shape, np.nan, np.float32)
-            values[tile.rows.start - rows.start : tile.rows.stop - rows.start,
-                   tile.cols.start - cols.start : tile.cols.stop - cols.start] = tile.probabilities
+            for _ in tiles:
+                tile = next(results)
+                values[tile.rows.start - rows.start : tile.rows.stop - rows.start,
+                       tile.cols.start - cols.start : tile.cols.stop - cols.start] = tile.probabilities
             values[~keep] = np.nan  # background: not evaluated
             for i, j in members:
                 c_rows, c_cols = plan.chunk_slices(i, j)
                 part = values[c_rows.start - rows.start : c_rows.stop - rows.start,
                               c_cols.start - cols.start : c_cols.stop - cols.start]
                 yield (i, j), HeatmapTile(c_rows, c_cols, np.ascontiguousarray(part))
+        if next(results, None) is not None:  # run the engine to its end, as its caller would
+            raise RuntimeError("the engine yielded more tiles than planned")
     finally:
-        tiles.close()
+        results.close()
         pixels.close()
 
 
-def _trimmed(rows: slice, cols: slice, keep: np.ndarray) -> tuple[slice, slice]:
-    """The part of an engine tile the engine computes: the bounding box of its tissue cells
-    (at a tissue edge, the glass rows and columns of its chunks are skipped)."""
+_CALL_COST_PX = 20_000
+"""What one more engine call costs, in input pixels of work (~1 ms: TensorFlow's dispatch,
+Python, oneDNN's start-up per layer): the price of splitting a tile at a tissue edge."""
+
+_MIN_SPLIT_PX = 128
+"""Tiles are not split below about this side in image pixels (their halo would dominate)."""
+
+
+def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *, split: bool = True) -> list[tuple[slice, slice]]:
+    """Engine tiles covering every True cell of ``keep`` (a block of cells at ``(row0, col0)``)
+    for the least work: the tissue's bounding box, or, where tissue ends on a diagonal or in
+    patches, that box cut in two along its longer side (recursively) when the halves' bounding
+    boxes cost less, halo, padding and the extra call included (:func:`_tile_cost`). Inside
+    tissue this is one tile; at an edge it skips most of the glass. ``split=False``: the
+    bounding box only."""
     used_rows, used_cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-    if not len(used_rows):  # cannot happen for chunks with tissue; compute it all rather than fail
-        return rows, cols
-    return (slice(rows.start + int(used_rows[0]), rows.start + int(used_rows[-1]) + 1),
-            slice(cols.start + int(used_cols[0]), cols.start + int(used_cols[-1]) + 1))
+    if not len(used_rows):
+        return []
+    r0, r1 = int(used_rows[0]), int(used_rows[-1]) + 1
+    c0, c1 = int(used_cols[0]), int(used_cols[-1]) + 1
+    box = [(slice(row0 + r0, row0 + r1), slice(col0 + c0, col0 + c1))]
+    q = tile_quantum(stride)
+    height, width = r1 - r0, c1 - c0
+    if not split or keep[r0:r1, c0:c1].all() or max(height, width) * stride < 2 * _MIN_SPLIT_PX:
+        return box
+    if height >= width:
+        cut = r0 + max(q, (height // 2) // q * q)
+        halves = (tissue_tiles(stride, keep[:cut], row0, col0), tissue_tiles(stride, keep[cut:], row0 + cut, col0))
+    else:
+        cut = c0 + max(q, (width // 2) // q * q)
+        halves = (tissue_tiles(stride, keep[:, :cut], row0, col0), tissue_tiles(stride, keep[:, cut:], row0, col0 + cut))
+    split = halves[0] + halves[1]
+    cost = lambda tiles: sum(_tile_cost(stride, tile) for tile in tiles)  # noqa: E731
+    return split if cost(split) < cost(box) else box
+
+
+def _tile_cost(stride: int, tile: tuple[slice, slice]) -> int:
+    """Input pixels the engine works on for a tile (padded block plus halo), plus a call's cost."""
+    q = tile_quantum(stride)
+    pad_rows = -(-(tile[0].stop - tile[0].start) // q) * q
+    pad_cols = -(-(tile[1].stop - tile[1].start) // q) * q
+    return (stride * (pad_rows - 1) + 32) * (stride * (pad_cols - 1) + 32) + _CALL_COST_PX
 
 
 class _ReadAhead:
