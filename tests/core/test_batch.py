@@ -163,19 +163,25 @@ def test_inputs_folders_and_lists_expand_in_order_each_once(tmp_path):
         expand_inputs([tmp_path / "data.bin"])
 
 
-def test_chunk_groups_cover_each_chunk_once_with_bounded_work():
+def test_chunk_groups_cover_each_chunk_once_in_whole_engine_blocks():
     rng = np.random.default_rng(0)
-    counts = rng.integers(0, 4097, size=(20, 30)) * (rng.random((20, 30)) < 0.6)
-    todo = rng.random((20, 30)) < 0.9
+    counts = rng.integers(0, 4097, size=(21, 30)) * (rng.random((21, 30)) < 0.6)
+    todo = rng.random((21, 30)) < 0.9
+    wanted = sorted(zip(*(a.tolist() for a in np.nonzero(todo))))
     for threads in (1, 2, 16):
-        groups = chunk_groups(counts, todo, 64, threads)
-        flat = [ij for g in groups for ij in g]
-        assert sorted(flat) == sorted(zip(*map(lambda a: a.tolist(), np.nonzero(todo))))
-        assert len(flat) == len(set(flat))
-        work = [sum(counts[ij] or 409.6 for ij in g) for g in groups]
-        assert max(work[:-1]) <= 16 * 4096 + 4096  # a group stops at the first chunk over the target
-    assert len(chunk_groups(counts, todo, 64, 16)) > len(chunk_groups(counts, todo, 64, 1))
-    assert chunk_groups(counts, np.zeros_like(todo), 64, 2) == []
+        for block in ((1, 1), (2, 2), (1, 3), (3, 2)):
+            groups = chunk_groups(counts, todo, 64, threads, block)
+            flat = [ij for g in groups for ij in g]
+            assert sorted(flat) == wanted and len(flat) == len(set(flat))
+            # every engine block's chunks go to one task, so the engine tiles them as a whole run does
+            owner = {ij: k for k, g in enumerate(groups) for ij in g}
+            place = lambda ij: (ij[0] // block[0], ij[1] // block[1])  # noqa: E731
+            for ij in flat:
+                assert {owner[m] for m in flat if place(m) == place(ij)} == {owner[ij]}
+            work = [sum(counts[ij] or 409.6 for ij in g) for g in groups]
+            assert max(work[:-1]) <= 16 * 4096 + block[0] * block[1] * 4096  # stops at the first block over the target
+    assert len(chunk_groups(counts, todo, 64, 16, (2, 2))) > len(chunk_groups(counts, todo, 64, 1, (2, 2)))
+    assert chunk_groups(counts, np.zeros_like(todo), 64, 2, (1, 3)) == []
 
 
 def test_summary_is_written_atomically_and_reads_back(tmp_path):

@@ -58,13 +58,13 @@ def default_workers() -> int:
 @contextlib.contextmanager
 def batch_client(
     scheduler: str | None = None, *, workers: int | None = None, threads_per_worker: int | None = None,
-    model: str | Path | None = None, model_sha256: str | None = None,
+    tf_threads: int | None = None, model: str | Path | None = None, model_sha256: str | None = None,
 ) -> Iterator[tuple[object, ClusterInfo]]:
     """Yield ``(client, info)`` connected to ``scheduler``, or to a new LocalCluster of ``workers``
     processes with ``threads_per_worker`` threads each (default: one per core, one thread).
 
-    TensorFlow gets ``threads_per_worker`` threads per worker (with ``scheduler`` and no
-    ``threads_per_worker``: each worker's own thread count). ``model``/``model_sha256``: loaded
+    TensorFlow gets ``tf_threads`` threads per worker, else ``threads_per_worker``, else (with
+    ``scheduler``) each worker's own thread count. ``model``/``model_sha256``: loaded
     on every worker as it starts. Everything started here is shut down on leaving, also on
     errors and Ctrl+C.
     """
@@ -95,7 +95,8 @@ def batch_client(
             local = True
         try:
             client.register_plugin(
-                WorkerSetup(threads_per_worker, None if model is None else str(model), model_sha256, ignore_sigint=local),
+                WorkerSetup(tf_threads or threads_per_worker, None if model is None else str(model), model_sha256,
+                            ignore_sigint=local),
                 name=PLUGIN_NAME,
             )
         except Exception as exc:  # e.g. the workers cannot import histoviewer

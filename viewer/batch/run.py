@@ -213,7 +213,7 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
         progress.planned_slide(float(prepared.counts[todo].sum()) * slide.cell_px)
         chunk_futures = [
             submit(slide, "chunks", compute_chunks, slide.prepared, group)
-            for group in chunk_groups(prepared.counts, todo, prepared.chunk, threads)
+            for group in chunk_groups(prepared.counts, todo, prepared.chunk, threads, prepared.block)
         ]
         submit(slide, "finalise", finalise_slide, job, *chunk_futures)
 
@@ -290,23 +290,37 @@ def _window(threads: int) -> int:
     return 2 * max(1, threads) + 2
 
 
-def chunk_groups(counts: np.ndarray, todo: np.ndarray, chunk: int, threads: int) -> list[list[tuple[int, int]]]:
-    """The chunks to compute (``todo``, on the chunk grid) in raster-order groups of about equal
-    work: :data:`GROUPS_PER_THREAD` groups per worker thread, bounded by
-    :data:`MIN_GROUP_CHUNKS` and :data:`MAX_GROUP_CHUNKS` full chunks."""
+def chunk_groups(
+    counts: np.ndarray, todo: np.ndarray, chunk: int, threads: int, block: tuple[int, int] = (1, 1),
+) -> list[list[tuple[int, int]]]:
+    """The chunks to compute (``todo``, on the chunk grid) in groups of about equal work:
+    :data:`GROUPS_PER_THREAD` groups per worker thread, bounded by :data:`MIN_GROUP_CHUNKS` and
+    :data:`MAX_GROUP_CHUNKS` full chunks.
+
+    ``block``: chunks per side ``(rows, cols)`` of the aligned blocks the engine tiles as a whole
+    (:func:`~viewer.heatmap.slide_run.group_side`). Groups are made of whole blocks, taken in
+    raster order, so each task hands the engine exactly the tiles ``histoviewer heatmap`` does.
+    """
     full = float(chunk * chunk)
     weights = np.where(counts > 0, counts.astype(np.float64), EMPTY_CHUNK_WEIGHT * full)
     total = float(weights[todo].sum())
     target = min(max(total / (GROUPS_PER_THREAD * max(1, threads)), MIN_GROUP_CHUNKS * full), MAX_GROUP_CHUNKS * full)
+    rows, cols = todo.shape
+    block_rows, block_cols = block
     groups: list[list[tuple[int, int]]] = []
     current: list[tuple[int, int]] = []
     load = 0.0
-    for i, j in zip(*np.nonzero(todo)):
-        current.append((int(i), int(j)))
-        load += weights[i, j]
-        if load >= target:
-            groups.append(current)
-            current, load = [], 0.0
+    for bi in range(0, rows, block_rows):
+        for bj in range(0, cols, block_cols):
+            members = [(int(bi + i), int(bj + j))
+                       for i, j in zip(*np.nonzero(todo[bi : bi + block_rows, bj : bj + block_cols]))]
+            if not members:
+                continue
+            current.extend(members)
+            load += sum(weights[ij] for ij in members)
+            if load >= target:
+                groups.append(current)
+                current, load = [], 0.0
     if current:
         groups.append(current)
     return groups

@@ -108,6 +108,9 @@ class PreparedSlide:
     precision: str
     counts: np.ndarray
     """Cells to evaluate per chunk (the chunk grid)."""
+    block: tuple[int, int]
+    """Chunks per side ``(rows, cols)`` of the aligned blocks the engine tiles as a whole
+    (:func:`~viewer.heatmap.slide_run.group_side`): tasks take whole blocks."""
     tissue: PackedTissue | None
     store_attrs: dict
     notes: list[str] = field(default_factory=list)
@@ -146,9 +149,11 @@ class SlideFigures:
 
 
 def prepare_slide(job: SlideJob) -> PreparedSlide:
-    """Open the slide and plan its heatmap (analysis scale, tissue mask, chunk grid)."""
+    """Open the slide and plan its heatmap (analysis scale, tissue mask, chunk grid), then settle
+    the precision against the model, as ``histoviewer heatmap`` does before creating its store."""
+    from viewer.batch.cluster import worker_model
     from viewer.errors import ModelError
-    from viewer.heatmap.slide_run import plan_slide_heatmap, slide_fingerprint
+    from viewer.heatmap.slide_run import group_side, plan_slide_heatmap, settle_precision, slide_fingerprint
     from viewer.slide import open_slide
 
     start = time.perf_counter()
@@ -156,9 +161,10 @@ def prepare_slide(job: SlideJob) -> PreparedSlide:
         plan = plan_slide_heatmap(slide, job.model, job.options)
         if plan.model_sha256 != job.model_sha256:
             raise ModelError("changed on disk while the batch was running; start the batch again", Path(job.model))
+        settle_precision(plan, worker_model(job.model, job.model_sha256))
         return PreparedSlide(
             job=job, width=slide.width, height=slide.height, fingerprint=slide_fingerprint(slide), grid=plan.grid,
-            chunk=plan.chunk, precision=plan.precision, counts=plan.chunk_tissue_cells,
+            chunk=plan.chunk, precision=plan.precision, counts=plan.chunk_tissue_cells, block=_pair(group_side(plan)),
             tissue=None if plan.tissue is None else PackedTissue.pack(plan.tissue), store_attrs=plan.store_attrs(),
             notes=list(plan.notes), seconds=time.perf_counter() - start,
         )
@@ -178,7 +184,8 @@ def compute_chunks(prepared: PreparedSlide, chunks: list[tuple[int, int]]) -> Ch
     if store.shape != plan.shape or store.chunk != plan.chunk:
         raise RuntimeError(f"{job.store_path}: the store does not match the slide's plan")
     cells = 0
-    for (i, j), _tile in run_to_store(plan, model, _TaskStore(store), chunks=[tuple(ij) for ij in chunks]):
+    chunks = [tuple(ij) for ij in chunks]
+    for (i, j), _tile in run_to_store(plan, model, _TaskStore(store), chunks=chunks, interactive=False):
         cells += int(prepared.counts[i, j])
     return ChunkResult(cells, time.perf_counter() - start)
 
@@ -208,6 +215,10 @@ def finalise_slide(job: SlideJob, *chunk_results: ChunkResult) -> SlideFigures:
     fraction = attrs.get("tissue_fraction")
     return SlideFigures(width, height, None if fraction is None else float(fraction), tumour, mean, evaluated,
                         time.perf_counter() - start)
+
+
+def _pair(side) -> tuple[int, int]:
+    return (int(side), int(side)) if np.isscalar(side) else (int(side[0]), int(side[1]))
 
 
 def heatmap_figures(heatmap, threshold: float) -> tuple[float | None, float | None, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -58,16 +57,14 @@ def register(subparsers) -> None:
     where.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker processes of the local cluster (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
-                        help="threads per local worker, and TensorFlow's threads per worker (default 1; with "
-                        "--scheduler, TensorFlow gets each worker's own thread count unless T is given)")
+                        help="tasks each local worker runs at once (default 1); also TensorFlow's threads per worker "
+                        "unless --threads is given")
     parser.add_argument("--model", default=None, metavar="MODEL.keras", help="model to use (default: the bundled model)")
     add_analysis_options(parser)
-    if "--precision" not in parser._option_string_actions:
-        from viewer.heatmap.precision import DEFAULT_PRECISION, PRECISIONS
-
-        parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                            help="arithmetic of the network: float32 (exact) or bfloat16 (faster on CPUs with "
-                            "bfloat16 units; float32 elsewhere) (default float32)")
+    # The shared --threads caps TensorFlow in one process; here that process is each worker.
+    parser._option_string_actions["--threads"].help = (
+        "TensorFlow threads per worker (default: --threads-per-worker, or with --scheduler each worker's thread count)"
+    )
     parser.add_argument("--overlay", action="store_true", help="also write each slide's overlay PNG")
     parser.add_argument("--max-size", type=int, default=DEFAULT_OVERLAY_SIZE, metavar="PX",
                         help=f"longest side of the overlay PNG in pixels (default {DEFAULT_OVERLAY_SIZE})")
@@ -118,7 +115,7 @@ def run(args) -> int:
     from viewer.model import file_sha256, model_mpp
 
     _check_args(args)
-    options = dataclasses.replace(analysis_options(args), precision=args.precision)
+    options = analysis_options(args)
     model = model_file(args.model).absolute()
     model_mpp(model)  # refuses a missing or non-model file in one line, before any cluster starts
     outdir = _output_folder(args.out)
@@ -132,7 +129,7 @@ def run(args) -> int:
     )
     quiet = args.quiet
     with batch_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-                      model=model, model_sha256=file_sha256(model)) as (client, info):
+                      tf_threads=args.threads, model=model, model_sha256=file_sha256(model)) as (client, info):
         if not quiet:
             where = "local cluster" if info.local else f"cluster at {info.address}"
             print(f"batch: {_count(len(paths), 'slide')} on a {where} of {_count(info.workers, 'worker')} "
