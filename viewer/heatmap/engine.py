@@ -22,8 +22,8 @@ The engine
     and other models fall back to batches of windows through the Keras model itself.
 
 Tiles (:func:`plan_heatmap`)
-    Bulk work (compute_heatmap, the CLI, whole slides) uses tiles of about 1024 px, where the
-    halo costs ~5 % and a 1360 x 1024 image takes two calls; interactive work gets one small
+    Bulk work (compute_heatmap, the CLI, whole slides) uses tiles of about 512 x 768 px, where
+    the halo costs ~8 % and a 1360 x 1024 image takes four calls; interactive work gets one small
     first tile (about 256 px, a few ms) at the point of interest, then bulk tiles. Every tile
     is evaluated on a block padded up to a multiple of about 64 px (:func:`tile_quantum`), so
     only a few block shapes ever occur (oneDNN sets up kernels per shape) and a cell's value
@@ -74,16 +74,17 @@ _INTERACTIVE_TILE_PX = 256
 """Side of a first, interactive tile in image pixels (32 cells at stride 8, a 280 px block with
 its halo): a few ms warm on two cores, so the first painted tile never waits for a big one."""
 
-_BULK_TILE_PX = 1024
-"""Side of a bulk tile in image pixels (128 cells at stride 8, a 1048 px block). Per cell, the
-24 px halo costs 5 % at this size against 19 % at 256 px, and one call per ~16 000 cells keeps
-Python and TensorFlow's per-call overhead out of the way. Larger tiles gain nothing more on two
-cores (benchmarks/README.md) while the first convolution's float32 output (~140 MB here) grows
-with the square of the side."""
+_BULK_TILE_PX = (512, 768)
+"""Rows x columns of a bulk tile in image pixels (64 x 96 cells at stride 8, a 536 x 792 px
+block). Larger tiles are a little faster (the 24 px halo is 8 % of this block, 5 % of a
+1048 px square: ~3 % faster in float32, ~9 % in bfloat16 on two cores) but memory grows
+with them: the first convolution's float32 output is 128 bytes per pixel and TensorFlow's
+max-pool roughly doubles that at its peak, ~300 MB for a 1048 px block against ~65 MB for
+this one. Wide rather than tall: the same area runs slightly faster row-major."""
 
 _SHAPE_QUANTUM_PX = 64
 """Tiles are padded up to a multiple of about this many image pixels (8 cells at stride 8) per
-side (:func:`tile_quantum`): tile shapes come from a small fixed set (at most ``(1024/64)**2``
+side (:func:`tile_quantum`): tile shapes come from a small fixed set (at most 8 x 12
 per stride), so oneDNN's kernels made for a shape are reused by every later tile of that shape,
 while an edge tile wastes at most 56 px of padding."""
 
@@ -194,6 +195,7 @@ def tile_quantum(stride: int = DEFAULT_STRIDE) -> int:
 
 
 def _quantised(cells_px: float, stride: int) -> int:
+    """About ``cells_px`` image pixels in cells, a multiple of :func:`tile_quantum`."""
     q = tile_quantum(stride)
     return max(q, round(cells_px / stride / q) * q)
 
@@ -208,14 +210,15 @@ def default_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
     return _TARGET_TILE_CELLS_WINDOWS
 
 
-def bulk_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
-    """Side in cells of a bulk tile: about 1024 px of image (128 cells at stride 8) for the
-    fully convolutional pass; 32 cells for strides that are not multiples of 4 (batched windows,
-    where tile size changes nothing but how often a run can be stopped)."""
+def bulk_tile_cells(stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
+    """``(rows, cols)`` in cells of a bulk tile: about 512 x 768 px of image (64 x 96 cells at
+    stride 8) for the fully convolutional pass; 32 x 32 cells for strides that are not
+    multiples of 4 (batched windows, where tile size changes nothing but how often a run can
+    be stopped)."""
     stride = _check_stride(stride)
     if stride % 4 == 0:
-        return _quantised(_BULK_TILE_PX, stride)
-    return _TARGET_TILE_CELLS_WINDOWS
+        return _quantised(_BULK_TILE_PX[0], stride), _quantised(_BULK_TILE_PX[1], stride)
+    return _TARGET_TILE_CELLS_WINDOWS, _TARGET_TILE_CELLS_WINDOWS
 
 
 def _balanced(cells: int, target: int) -> int:
@@ -317,15 +320,15 @@ def _cover(r0: int, r1: int, c0: int, c1: int, side: int, side_cols: int | None 
 def _interactive_tiles(rows: int, cols: int, stride: int, point: tuple[float, float]) -> list[tuple[slice, slice]]:
     """One small tile around ``point``, then bulk tiles over the rest (bands above and below it,
     pieces left and right of it)."""
-    small, big = default_tile_cells(stride), bulk_tile_cells(stride)
+    small, (big_rows, big_cols) = default_tile_cells(stride), bulk_tile_cells(stride)
     cx = (point[0] - WINDOW_CENTRE_OFFSET) / stride  # the cell column whose centre is at x
     cy = (point[1] - WINDOW_CENTRE_OFFSET) / stride
     n_r, n_c = min(small, rows), min(small, cols)
     r0 = int(min(max(round(cy - n_r / 2 + 0.5), 0), rows - n_r))
     c0 = int(min(max(round(cx - n_c / 2 + 0.5), 0), cols - n_c))
     r1, c1 = r0 + n_r, c0 + n_c
-    rest = _cover(0, r0, 0, cols, big) + _cover(r1, rows, 0, cols, big)
-    rest += _cover(r0, r1, 0, c0, big) + _cover(r0, r1, c1, cols, big)
+    rest = _cover(0, r0, 0, cols, big_rows, big_cols) + _cover(r1, rows, 0, cols, big_rows, big_cols)
+    rest += _cover(r0, r1, 0, c0, big_rows, big_cols) + _cover(r0, r1, c1, cols, big_rows, big_cols)
     return [(slice(r0, r1), slice(c0, c1))] + rest
 
 
@@ -341,7 +344,7 @@ def plan_heatmap(
 
     ``tile_cells``: tile size in cells, an int or ``(rows, cols)``: every tile that size (edge
     tiles smaller, evaluated padded to it). ``None``, the adaptive plan: bulk tiles of
-    :func:`bulk_tile_cells` (about 1024 px) with edge tiles padded to a multiple of
+    :func:`bulk_tile_cells` (about 512 x 768 px) with edge tiles padded to a multiple of
     :func:`tile_quantum`; with ``order_from`` the first tile is a small interactive one
     (:func:`default_tile_cells`, about 256 px) around that point, so it is painted at once.
     (Strides that are not multiples of 4 use balanced tiles of 32 cells.)
@@ -368,7 +371,7 @@ def plan_heatmap(
         if order_from is not None and rows and cols:
             tiles = _interactive_tiles(rows, cols, stride, (float(order_from[0]), float(order_from[1])))
         else:
-            tiles = _cover(0, rows, 0, cols, bulk_tile_cells(stride))
+            tiles = _cover(0, rows, 0, cols, *bulk_tile_cells(stride))
     if quantum is None:
         tiles = _cover(0, rows, 0, cols, tile_rows, tile_cols)
     else:

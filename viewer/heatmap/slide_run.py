@@ -5,7 +5,7 @@ model's pixel size against the slide's), the region, the tissue mask and the chu
 :func:`iter_slide_heatmap` is a thin filter around :func:`~viewer.heatmap.engine.iter_heatmap_tiles`
 (the only engine): it hands the engine the chunks that hold tissue, reading each one plus its
 halo from the slide, and blanks background cells to NaN ("not computed"). Chunks without tissue
-cost nothing; neighbouring chunks with tissue are computed together in tiles of about 1024 px.
+cost nothing; neighbouring chunks with tissue are computed together in bulk tiles.
 :func:`run_to_store` drains it into a resumable zarr store; the CLI, the GUI and the batch all
 use these three functions.
 """
@@ -254,9 +254,10 @@ def iter_slide_heatmap(
     Chunks with tissue are computed by :func:`iter_heatmap_tiles` in the given order, in
     ``plan.precision``, each engine tile read from the slide with its halo; chunks without tissue
     cost no compute and come last (on a slide they are thousands, and recording them must not
-    delay the first tissue results). One engine tile covers a block of neighbouring chunks
-    (:func:`engine_tiles`: about 1024 px, which halves the halo's share against one 64-cell
-    chunk) and its result is split and yielded chunk by chunk, so stores stay chunk-aligned.
+    delay the first tissue results). Neighbouring chunks are computed together in bulk tiles
+    (:func:`engine_tiles`, :func:`tissue_tiles`: 64 x 96 cells at stride 8, fewer calls and less
+    halo than one 64-cell chunk each, glass at tissue edges skipped) and the results are split
+    and yielded chunk by chunk, so stores stay chunk-aligned.
     ``interactive``: the first chunk is computed alone, so a viewer paints it at once.
     """
     chunks = list(chunks)
@@ -318,19 +319,29 @@ _MIN_SPLIT_PX = 128
 
 def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *, split: bool = True) -> list[tuple[slice, slice]]:
     """Engine tiles covering every True cell of ``keep`` (a block of cells at ``(row0, col0)``)
-    for the least work: the tissue's bounding box, or, where tissue ends on a diagonal or in
-    patches, that box cut in two along its longer side (recursively) when the halves' bounding
+    for the least work: the tissue's bounding box, cut into bulk tiles where it is larger than
+    one (:func:`~viewer.heatmap.engine.bulk_tile_cells`); where tissue ends on a diagonal or in
+    patches, a box is cut in two along its longer side (recursively) when the halves' bounding
     boxes cost less, halo, padding and the extra call included (:func:`_tile_cost`). Inside
-    tissue this is one tile; at an edge it skips most of the glass. ``split=False``: the
-    bounding box only."""
+    tissue these are whole bulk tiles; at an edge they skip most of the glass.
+    ``split=False``: bounding boxes of at most a bulk tile only."""
     used_rows, used_cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
     if not len(used_rows):
         return []
     r0, r1 = int(used_rows[0]), int(used_rows[-1]) + 1
     c0, c1 = int(used_cols[0]), int(used_cols[-1]) + 1
+    height, width = r1 - r0, c1 - c0
+    max_rows, max_cols = bulk_tile_cells(stride)
+    if height > max_rows or width > max_cols:  # more than one bulk tile: cut at a tile's size
+        if height / max_rows >= width / max_cols:
+            cut = r0 + max_rows
+            return (tissue_tiles(stride, keep[:cut], row0, col0, split=split)
+                    + tissue_tiles(stride, keep[cut:], row0 + cut, col0, split=split))
+        cut = c0 + max_cols
+        return (tissue_tiles(stride, keep[:, :cut], row0, col0, split=split)
+                + tissue_tiles(stride, keep[:, cut:], row0, col0 + cut, split=split))
     box = [(slice(row0 + r0, row0 + r1), slice(col0 + c0, col0 + c1))]
     q = tile_quantum(stride)
-    height, width = r1 - r0, c1 - c0
     if not split or keep[r0:r1, c0:c1].all() or max(height, width) * stride < 2 * _MIN_SPLIT_PX:
         return box
     if height >= width:
@@ -396,10 +407,13 @@ class _ReadAhead:
         self._pool.shutdown(wait=True)
 
 
-def group_side(plan: SlideHeatmapPlan) -> int:
-    """Chunks per side of the blocks one engine tile may cover: a bulk tile's worth
-    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, ~1024 px): 2 for 64-cell chunks at stride 8."""
-    return max(1, round(bulk_tile_cells(plan.stride) / plan.chunk))
+def group_side(plan: SlideHeatmapPlan) -> tuple[int, int]:
+    """Chunks per block ``(rows, cols)``: the fewest whole chunks that whole bulk tiles
+    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill:
+    1 x 3 chunks of 64 cells (two bulk tiles), 2 x 3 chunks of 32 cells (one)."""
+    return tuple(  # type: ignore[return-value]
+        max(1, min(8, math.lcm(side, plan.chunk) // plan.chunk)) for side in bulk_tile_cells(plan.stride)
+    )
 
 
 def engine_tiles(
@@ -407,13 +421,13 @@ def engine_tiles(
 ) -> list[tuple[tuple[slice, slice], list[tuple[int, int]]]]:
     """Group chunks into engine tiles: ``[((rows, cols), [chunks it covers]), ...]``.
 
-    The chunk grid is cut into aligned blocks of :func:`group_side` chunks per side; the chunks
+    The chunk grid is cut into aligned blocks of :func:`group_side` chunks; the chunks
     of a block that are in ``chunks`` are covered by rectangles of whole chunks (one per block
     when they form a rectangle; otherwise rows of them, equal neighbouring rows merged), so no
     chunk outside ``chunks`` (done, or without tissue) is ever computed. Blocks come in the order
     of their first chunk in ``chunks``. ``interactive``: the first chunk forms a tile alone.
     """
-    side = group_side(plan)
+    side_rows, side_cols = group_side(plan)
     groups: list[tuple[tuple[slice, slice], list[tuple[int, int]]]] = []
     rest = list(chunks)
     if interactive and rest:
@@ -421,7 +435,7 @@ def engine_tiles(
         groups.append((plan.chunk_slices(*first), [first]))
     blocks: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, j in rest:
-        blocks.setdefault((i // side, j // side), []).append((i, j))
+        blocks.setdefault((i // side_rows, j // side_cols), []).append((i, j))
     for members in blocks.values():
         for i0, i1, j0, j1 in _rectangles(members):
             rows = slice(plan.chunk_slices(i0, j0)[0].start, plan.chunk_slices(i1 - 1, j0)[0].stop)
