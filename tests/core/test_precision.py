@@ -342,3 +342,24 @@ def test_bfloat16_agrees_with_float32_on_held_out_brecahad_images(shared_data_di
     fast_auc = evaluate_images(model, images, heatmap=True, precision="bfloat16")["heatmap_auc"]
     print(f"heatmap AUC: float32 {exact_auc:.5f}, bfloat16 {fast_auc:.5f}")
     assert exact_auc is not None and abs(fast_auc - exact_auc) <= 0.002
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate --precision
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_reports_the_heatmaps_precision(synthetic_dataset, capsys, monkeypatch):
+    root = synthetic_dataset(n_images=3)
+    args = ["evaluate", "--data", str(root), "--split", "all", "--precision", "bfloat16", "--json"]
+    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (False, "this CPU has neither AVX512_BF16 nor AMX"))
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["heatmap_precision"] == "float32"
+    assert len(report["notes"]) == 1 and "bfloat16" in report["notes"][0]
+    if HAS_BF16:
+        monkeypatch.undo()
+        assert main(args) == 0
+        fast = json.loads(capsys.readouterr().out)
+        assert fast["heatmap_precision"] == "bfloat16" and fast["notes"] == []
+        assert abs(fast["heatmap_auc"] - report["heatmap_auc"]) <= 0.002
