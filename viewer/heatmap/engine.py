@@ -904,31 +904,22 @@ def warm_up(
     kernel set-up. With ``image_shape=(H, W)`` the blank image has that size and every tile
     shape of its bulk plan is set up too, so even that set-up is done for such images.
     """
-    small = default_tile_cells(stride) if _check_stride(stride) % 4 == 0 else None
-    if image_shape is None:
-        side = PATCH_SIZE + stride * ((small or 2) - 1)
-        height = width = side
+    stride = _check_stride(stride)
+    exact_stride = stride % 4 == 0
+    if image_shape is None:  # one interactive tile (batched windows: one small batch)
+        height = width = PATCH_SIZE + stride * (default_tile_cells(stride) - 1) if exact_stride else 2 * PATCH_SIZE
     else:
         height, width = image_shape
     blank = np.zeros((max(int(height), PATCH_SIZE), max(int(width), PATCH_SIZE), 3), dtype=np.uint8)
-    if image_shape is None or tile_cells is not None:
-        tiles = iter_heatmap_tiles(blank, model, stride, tile_cells=tile_cells, precision=precision)
-        next(tiles, None)
-        tiles.close()
-        return
-    plan = plan_heatmap(blank.shape[0], blank.shape[1], stride)
-    seen: set[tuple[int, int]] = set()
-    shapes = []
-    for rows, cols in plan.tiles:
-        shape = plan.padded_shape(rows, cols)
-        if shape not in seen:
-            seen.add(shape)
-            shapes.append((rows, cols))
-    if small is not None:  # the interactive first tile of the GUI's runs
-        shapes.append((slice(0, small), slice(0, small)))
-    one_each = HeatmapPlan(plan.height, plan.width, stride, plan.tile_rows, plan.tile_cols, tuple(
-        (slice(r.start, min(r.stop, plan.shape[0])), slice(c.start, min(c.stop, plan.shape[1]))) for r, c in shapes
-    ), None, plan.quantum)
+    plan = plan_heatmap(blank.shape[0], blank.shape[1], stride, tile_cells=tile_cells)
+    tiles: dict[tuple[int, int], tuple[slice, slice]] = {}  # one tile per block shape
+    for rows, cols in plan.tiles[: 1 if image_shape is None else None]:
+        tiles.setdefault(plan.padded_shape(rows, cols), (rows, cols))
+    if image_shape is not None and plan.quantum is not None:  # and an interactive first tile
+        small = min(default_tile_cells(stride), plan.shape[0]), min(default_tile_cells(stride), plan.shape[1])
+        tiles.setdefault(plan.padded_shape(slice(0, small[0]), slice(0, small[1])), (slice(0, small[0]), slice(0, small[1])))
+    one_each = HeatmapPlan(plan.height, plan.width, stride, plan.tile_rows, plan.tile_cols, tuple(tiles.values()),
+                           None, plan.quantum)
     for _ in iter_heatmap_tiles(blank, model, stride, plan=one_each, precision=precision):
         pass
 
