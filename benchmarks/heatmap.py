@@ -1,18 +1,20 @@
-"""Heatmap engine vs. the naive sliding window, on the same image and model, in one run.
+"""Heatmap engine: against the naive sliding window, and the issue-10 goals, in one run.
 
-    python benchmarks/heatmap.py [--image PATH] [--model PATH] [--stride 8] [--repeats 1]
+    python benchmarks/heatmap.py [--image PATH] [--model PATH] [--stride 8] [--repeats 1] [--rounds 5] [--goals-only]
 
 Defaults: the first image of ../shared/data/brecahad-subset (relative to the repository root) and
 the bundled model if present, else a random-weight Table-1 model saved to a temporary folder.
 
-Every measurement runs in a fresh subprocess, so "cold" really means a new process (TensorFlow
-imported, model loaded, nothing traced yet) and memory figures do not mix:
+Part 1 (skipped with --goals-only). Every measurement runs in a fresh subprocess, so "cold"
+really means a new process (TensorFlow imported, model loaded, nothing traced yet) and memory
+figures do not mix:
 
 * naive   - cut out every window and run it through ``model.predict`` (batches of 256, chunks of
             ~4096 windows so the 256 MB all-windows array is never built); run twice, the second
             run is "warm". First result = first chunk of windows predicted.
-* engine  - ``viewer.heatmap.iter_heatmap_tiles`` ordered outward from the image centre: a cold
-            run (includes tracing), then a warm run in the same process.
+* engine  - ``viewer.heatmap.iter_heatmap_tiles`` ordered outward from the image centre (an
+            interactive plan: a small first tile, then bulk tiles): a cold run (includes
+            tracing), then a warm run in the same process.
 * warm_up - ``viewer.heatmap.warm_up(model, stride)`` first (what the GUI does after loading the
             model, without knowing the image size), then one run: the first-tile latency a user
             sees on the first image.
@@ -21,6 +23,13 @@ imported, model loaded, nothing traced yet) and memory figures do not mix:
             engine runs around it. This is the figure to quote: other processes' load hits both
             sides about equally, unlike the columns of the table, which come from different
             subprocesses at different moments.
+
+Part 2, the issue-10 goals (``throughput`` and ``accuracy`` workers): today's engine (FP32,
+~320 px tiles), the bulk engine and one single pass in FP32 and bfloat16, the interactive first
+tile, a whole slide of real BreCaHAD fields with and without the store, and TensorFlow's FP32
+matmul rate as the ceiling, each once per round, rounds alternated; ratios within a round,
+medians printed next to the goals. Then bfloat16 against FP32 on held-out images (max and 99th
+percentile |diff|, cells flipping across 0.5, heatmap AUC). See benchmarks/README.md.
 
 Peak RSS added = the process's peak resident set (VmHWM) during the run minus its resident set
 just before it, with the peak reset right before the run (``/proc/self/clear_refs`` = 5, Linux).
@@ -220,6 +229,9 @@ LEGACY_TILE_CELLS = 40
 """Today's (before issue 10) engine: tiles of about 320 px, balanced over the image (32 x 34
 cells on a 1360 x 1024 image at stride 8), float32."""
 MATMUL_N = 2048
+MATMUL_REPEATS = 3
+"""The ceiling runs this many 2048 x 2048 FP32 matrix products per measurement (~50-100 ms, as
+long as the engine's run, so both see the same load)."""
 
 
 def network_macs_per_cell(model, stride: int) -> int:
@@ -311,7 +323,7 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
 
     configs = {
         "today": lambda: compute_heatmap(pixels, model, stride, tile_cells=legacy),
-        "matmul": lambda: matmul(a, b).numpy(),
+        "matmul": lambda: [matmul(a, b).numpy() for _ in range(MATMUL_REPEATS)],
     }
     for p in precisions:
         single = _exact_function(_engines_for(model), stride, p)
@@ -334,7 +346,7 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
     return {
         "times": times, "cells": rows * cols, "legacy_tile": list(legacy), "bulk_tiles": len(plan),
         "bulk_tile": [plan.tile_rows, plan.tile_cols], "padded_cells": plan.padded_cells(),
-        "macs_per_cell": network_macs_per_cell(model, stride), "matmul_flop": 2 * MATMUL_N**3,
+        "macs_per_cell": network_macs_per_cell(model, stride), "matmul_flop": MATMUL_REPEATS * 2 * MATMUL_N**3,
         "bf16": bf16, "bf16_why": why,
         "slide": {"size": [slide.width, slide.height], "tissue_cells": fp.tissue_cells,
                   "cells": fp.shape[0] * fp.shape[1], "tissue_fraction": float(fp.tissue.fraction),
