@@ -424,6 +424,29 @@ def test_tissue_tiles_cover_the_tissue_and_skip_glass_at_an_edge():
     assert tissue_tiles(8, np.zeros((64, 64), bool)) == []
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    stride=st.sampled_from([4, 8, 12, 16, 32]),
+    shape=st.tuples(st.integers(1, 200), st.integers(1, 200)),
+    seed=st.integers(0, 10_000),
+    density=st.floats(0.0, 1.0),
+)
+def test_tissue_tiles_cover_any_mask_once_within_bulk_tiles(stride, shape, seed, density):
+    from viewer.heatmap.slide_run import tissue_tiles
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((shape[0] // 8 + 1, shape[1] // 8 + 1)) < density  # blobs, not salt and pepper
+    keep = np.kron(coarse, np.ones((8, 8), bool))[: shape[0], : shape[1]]
+    keep &= rng.random(shape) < 0.97
+    tiles = tissue_tiles(stride, keep, 5, 7)
+    covered = np.zeros(shape, int)
+    big = hm.bulk_tile_cells(stride)
+    for r, c in tiles:
+        covered[r.start - 5 : r.stop - 5, c.start - 7 : c.stop - 7] += 1
+        assert r.stop - r.start <= big[0] and c.stop - c.start <= big[1]
+    assert covered.max(initial=0) <= 1 and (covered[keep] == 1).all()
+
+
 def test_slide_runs_with_a_tissue_mask_equal_the_engine_on_tissue(model):
     """A field half glass, half tissue along a diagonal: cells computed through tissue-trimmed
     engine tiles equal the plain engine bit for bit; glass cells are NaN."""

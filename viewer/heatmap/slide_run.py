@@ -344,11 +344,14 @@ def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *,
     q = tile_quantum(stride)
     if not split or keep[r0:r1, c0:c1].all() or max(height, width) * stride < 2 * _MIN_SPLIT_PX:
         return box
-    if height >= width:
-        cut = r0 + max(q, (height // 2) // q * q)
+    along_rows = height >= width
+    start, length = (r0, height) if along_rows else (c0, width)
+    cut = start + max(q, (length // 2) // q * q)  # halves of whole quanta: no extra padding
+    if cut >= start + length:  # too short to halve
+        return box
+    if along_rows:
         halves = (tissue_tiles(stride, keep[:cut], row0, col0), tissue_tiles(stride, keep[cut:], row0 + cut, col0))
     else:
-        cut = c0 + max(q, (width // 2) // q * q)
         halves = (tissue_tiles(stride, keep[:, :cut], row0, col0), tissue_tiles(stride, keep[:, cut:], row0, col0 + cut))
     split = halves[0] + halves[1]
     cost = lambda tiles: sum(_tile_cost(stride, tile) for tile in tiles)  # noqa: E731
