@@ -303,6 +303,7 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
     centre = (width / 2, height / 2)
     slide = open_slide(_bench_slide(tmp, image_path))
     plans = {p: plan_slide_heatmap(slide, model_path, SlideHeatmapOptions(stride=stride, precision=p)) for p in precisions}
+    repeats = max(1, round(plans["float32"].tissue_cells / (rows * cols)))
     a = tf.random.normal((MATMUL_N, MATMUL_N))
     b = tf.random.normal((MATMUL_N, MATMUL_N))
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
@@ -329,6 +330,9 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
         single = _exact_function(_engines_for(model), stride, p)
         configs[f"bulk_{p}"] = lambda p=p: compute_heatmap(pixels, model, stride, precision=p)
         configs[f"single_{p}"] = lambda single=single: single(pixels[None]).numpy()
+        # The same pass repeated for as many cells as the slide has tissue cells: the slide's run
+        # is compared with a run as long as itself, so both see the same share of the load.
+        configs[f"singles_{p}"] = lambda single=single: [single(pixels[None]).numpy() for _ in range(repeats)]
         configs[f"first_{p}"] = first_tile(p)
         configs[f"slide_{p}"] = lambda p=p: compute_slide_array(plans[p], model)
         configs[f"store_{p}"] = store_run(p)
@@ -347,7 +351,7 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
         "times": times, "cells": rows * cols, "legacy_tile": list(legacy), "bulk_tiles": len(plan),
         "bulk_tile": [plan.tile_rows, plan.tile_cols], "padded_cells": plan.padded_cells(),
         "macs_per_cell": network_macs_per_cell(model, stride), "matmul_flop": MATMUL_REPEATS * 2 * MATMUL_N**3,
-        "bf16": bf16, "bf16_why": why,
+        "bf16": bf16, "bf16_why": why, "single_repeats": repeats,
         "slide": {"size": [slide.width, slide.height], "tissue_cells": fp.tissue_cells,
                   "cells": fp.shape[0] * fp.shape[1], "tissue_fraction": float(fp.tissue.fraction),
                   "busy_chunks": int((fp.chunk_tissue_cells > 0).sum()), "chunks": int(fp.chunk_tissue_cells.size),
@@ -399,6 +403,7 @@ def print_goals(tp: dict, acc: dict) -> bool:
     t = tp["times"]
     med = {k: statistics.median(v) for k, v in t.items()}
     cells, tissue = tp["cells"], tp["slide"]["tissue_cells"]
+    med = {k: v for k, v in med.items() if not k.startswith("singles_")}  # printed per pass below
     flop_cell = 2 * tp["macs_per_cell"]
     rows: list[tuple[str, str, str, bool | None]] = []
 
@@ -409,7 +414,7 @@ def print_goals(tp: dict, acc: dict) -> bool:
     add(f"FP32 image in bulk tiles / single pass ({tp['bulk_tiles']} tiles of <= {tp['bulk_tile'][0]}x{tp['bulk_tile'][1]})",
         f"{r:.2f}x", f"<= {GOALS['bulk_vs_single']:.2f}x", r <= GOALS["bulk_vs_single"])
     for key, label in (("store", "into a .zarr store"), ("slide", "engine only, no store")):
-        r = _median_ratio(t, f"{key}_float32", "single_float32", cells / tissue)
+        r = _median_ratio(t, f"{key}_float32", "singles_float32", tp["single_repeats"] * cells / tissue)
         add(f"FP32 whole slide per tissue cell / single pass ({label})", f"{r:.2f}x",
             f"<= {GOALS['slide_vs_single']:.2f}x", r <= GOALS["slide_vs_single"])
     r = _median_ratio(t, "today", "bulk_float32")
@@ -427,7 +432,7 @@ def print_goals(tp: dict, acc: dict) -> bool:
             r >= GOALS["bf16_vs_today"])
         r = _median_ratio(t, "single_float32", "single_bfloat16")
         add("bfloat16 single pass speed-up vs FP32 single pass", f"{r:.2f}x", "", None)
-        r = _median_ratio(t, "store_bfloat16", "single_bfloat16", cells / tissue)
+        r = _median_ratio(t, "store_bfloat16", "singles_bfloat16", tp["single_repeats"] * cells / tissue)
         add("bfloat16 whole slide per tissue cell / bfloat16 single pass (store)", f"{r:.2f}x", "", None)
         add("first painted tile, warm, bfloat16", f"{1000 * med['first_bfloat16']:.0f} ms",
             f"<= {1000 * GOALS['first_tile_s']:.0f} ms", med["first_bfloat16"] <= GOALS["first_tile_s"])

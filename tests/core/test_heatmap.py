@@ -151,8 +151,10 @@ def test_plan_orders_tiles_outward_from_a_point():
 
 def test_default_plan_uses_bulk_tiles_with_little_padding():
     plan = hm.plan_heatmap(1024, 1360, 8)
-    assert (plan.tile_rows, plan.tile_cols) == (64, 96) and len(plan) == 4  # 512 x 768 px tiles
-    assert hm.bulk_tile_cells(8) == (64, 96) and hm.tile_quantum(8) == 8
+    assert (plan.tile_rows, plan.tile_cols) == (125, 128) and len(plan) == 2  # 1024 px tiles
+    assert hm.bulk_tile_cells(8) == (128, 128) and hm.tile_quantum(8) == 8
+    streamed = hm.plan_heatmap(1024, 1360, 8, streamed=True)  # less memory per call
+    assert (streamed.tile_rows, streamed.tile_cols) == (64, 96) == hm.bulk_tile_cells(8, streamed=True)
     for rows, cols in plan.tiles:
         padded = plan.padded_shape(rows, cols)
         assert padded[0] % 8 == 0 and padded[1] % 8 == 0
@@ -182,13 +184,14 @@ def test_interactive_plan_starts_with_a_small_tile_at_the_point():
     width=st.integers(32, 3000),
     stride=st.sampled_from([4, 8, 12, 16, 32]),
     centre=st.one_of(st.none(), st.tuples(st.floats(-100, 3100), st.floats(-100, 3100))),
+    streamed=st.booleans(),
 )
-def test_adaptive_plans_use_a_few_fixed_shapes(height, width, stride, centre):
+def test_adaptive_plans_use_a_few_fixed_shapes(height, width, stride, centre, streamed):
     """Retracing and kernel set-up stay bounded: every padded tile shape is a multiple of the
     quantum no larger than a bulk tile, whatever the image size."""
-    plan = hm.plan_heatmap(height, width, stride, order_from=centre)
+    plan = hm.plan_heatmap(height, width, stride, order_from=centre, streamed=streamed)
     assert (_coverage(plan) == 1).all()
-    q, big = hm.tile_quantum(stride), hm.bulk_tile_cells(stride)
+    q, big = hm.tile_quantum(stride), hm.bulk_tile_cells(stride, streamed=streamed)
     assert plan.quantum == (q, q)
     for rows, cols in plan.tiles:
         padded = plan.padded_shape(rows, cols)
@@ -440,7 +443,7 @@ def test_tissue_tiles_cover_any_mask_once_within_bulk_tiles(stride, shape, seed,
     keep &= rng.random(shape) < 0.97
     tiles = tissue_tiles(stride, keep, 5, 7)
     covered = np.zeros(shape, int)
-    big = hm.bulk_tile_cells(stride)
+    big = hm.bulk_tile_cells(stride, streamed=True)
     for r, c in tiles:
         covered[r.start - 5 : r.stop - 5, c.start - 7 : c.stop - 7] += 1
         assert r.stop - r.start <= big[0] and c.stop - c.start <= big[1]

@@ -22,8 +22,9 @@ The engine
     and other models fall back to batches of windows through the Keras model itself.
 
 Tiles (:func:`plan_heatmap`)
-    Bulk work (compute_heatmap, the CLI, whole slides) uses tiles of about 512 x 768 px, where
-    the halo costs ~8 % and a 1360 x 1024 image takes four calls; interactive work gets one small
+    Bulk work (compute_heatmap, the CLI, whole slides) uses tiles of about 1024 px for images in
+    memory (the halo costs ~5 %; a 1360 x 1024 image takes two calls) and 512 x 768 px for slide
+    regions read block by block (less memory per call); interactive work gets one small
     first tile (about 256 px, a few ms) at the point of interest, then bulk tiles. Every tile
     is evaluated on a block padded up to a multiple of about 64 px (:func:`tile_quantum`), so
     only a few block shapes ever occur (oneDNN sets up kernels per shape) and a cell's value
@@ -74,13 +75,18 @@ _INTERACTIVE_TILE_PX = 256
 """Side of a first, interactive tile in image pixels (32 cells at stride 8, a 280 px block with
 its halo): a few ms warm on two cores, so the first painted tile never waits for a big one."""
 
-_BULK_TILE_PX = (512, 768)
-"""Rows x columns of a bulk tile in image pixels (64 x 96 cells at stride 8, a 536 x 792 px
-block). Larger tiles are a little faster (the 24 px halo is 8 % of this block, 5 % of a
-1048 px square: ~3 % faster in float32, ~9 % in bfloat16 on two cores) but memory grows
-with them: the first convolution's float32 output is 128 bytes per pixel and TensorFlow's
-max-pool roughly doubles that at its peak, ~300 MB for a 1048 px block against ~65 MB for
-this one. Wide rather than tall: the same area runs slightly faster row-major."""
+_BULK_TILE_PX = (1024, 1024)
+"""Rows x columns of a bulk tile of an image in memory, in image pixels (128 x 128 cells at
+stride 8, a 1048 px block): the 24 px halo is 5 % of it, and a 1360 x 1024 image takes two calls
+(1.03-1.06x the time of one pass over the whole image). Its transient memory is ~300 MB: the
+first convolution's float32 output is 128 bytes per pixel and TensorFlow's max-pool about
+doubles that at its peak (one pass over the whole 1.4 Mpx image needs more)."""
+
+_STREAMED_TILE_PX = (512, 768)
+"""Rows x columns of a bulk tile of an image read block by block (a slide region; 64 x 96 cells
+at stride 8, a 536 x 792 px block): ~65 MB transient instead of ~300 MB, which keeps a slide's
+run within its memory budget (tests/core/test_slide_memory.py) for ~3 % (float32) to ~9 %
+(bfloat16) of speed per cell. Wide rather than tall: the same area runs slightly faster."""
 
 _SHAPE_QUANTUM_PX = 64
 """Tiles are padded up to a multiple of about this many image pixels (8 cells at stride 8) per
@@ -210,14 +216,16 @@ def default_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
     return _TARGET_TILE_CELLS_WINDOWS
 
 
-def bulk_tile_cells(stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
-    """``(rows, cols)`` in cells of a bulk tile: about 512 x 768 px of image (64 x 96 cells at
-    stride 8) for the fully convolutional pass; 32 x 32 cells for strides that are not
-    multiples of 4 (batched windows, where tile size changes nothing but how often a run can
-    be stopped)."""
+def bulk_tile_cells(stride: int = DEFAULT_STRIDE, *, streamed: bool = False) -> tuple[int, int]:
+    """``(rows, cols)`` in cells of a bulk tile for the fully convolutional pass: about
+    1024 x 1024 px of image (128 x 128 cells at stride 8) for an image in memory, 512 x 768 px
+    (64 x 96 cells) for one read block by block (``streamed``, a slide region). 32 x 32 cells for
+    strides that are not multiples of 4 (batched windows, where tile size changes nothing but how
+    often a run can be stopped)."""
     stride = _check_stride(stride)
     if stride % 4 == 0:
-        return _quantised(_BULK_TILE_PX[0], stride), _quantised(_BULK_TILE_PX[1], stride)
+        rows_px, cols_px = _STREAMED_TILE_PX if streamed else _BULK_TILE_PX
+        return _quantised(rows_px, stride), _quantised(cols_px, stride)
     return _TARGET_TILE_CELLS_WINDOWS, _TARGET_TILE_CELLS_WINDOWS
 
 
@@ -317,10 +325,10 @@ def _cover(r0: int, r1: int, c0: int, c1: int, side: int, side_cols: int | None 
     ]
 
 
-def _interactive_tiles(rows: int, cols: int, stride: int, point: tuple[float, float]) -> list[tuple[slice, slice]]:
+def _interactive_tiles(rows: int, cols: int, stride: int, point: tuple[float, float], streamed: bool) -> list[tuple[slice, slice]]:
     """One small tile around ``point``, then bulk tiles over the rest (bands above and below it,
     pieces left and right of it)."""
-    small, (big_rows, big_cols) = default_tile_cells(stride), bulk_tile_cells(stride)
+    small, (big_rows, big_cols) = default_tile_cells(stride), bulk_tile_cells(stride, streamed=streamed)
     cx = (point[0] - WINDOW_CENTRE_OFFSET) / stride  # the cell column whose centre is at x
     cy = (point[1] - WINDOW_CENTRE_OFFSET) / stride
     n_r, n_c = min(small, rows), min(small, cols)
@@ -339,12 +347,14 @@ def plan_heatmap(
     *,
     tile_cells: int | tuple[int, int] | None = None,
     order_from: tuple[float, float] | None = None,
+    streamed: bool = False,
 ) -> HeatmapPlan:
     """Cut the heatmap of a ``height`` x ``width`` image into tiles, in computing order.
 
     ``tile_cells``: tile size in cells, an int or ``(rows, cols)``: every tile that size (edge
     tiles smaller, evaluated padded to it). ``None``, the adaptive plan: bulk tiles of
-    :func:`bulk_tile_cells` (about 512 x 768 px) with edge tiles padded to a multiple of
+    :func:`bulk_tile_cells` (about 1024 px; 512 x 768 px if ``streamed``, for images read block
+    by block) with edge tiles padded to a multiple of
     :func:`tile_quantum`; with ``order_from`` the first tile is a small interactive one
     (:func:`default_tile_cells`, about 256 px) around that point, so it is painted at once.
     (Strides that are not multiples of 4 use balanced tiles of 32 cells.)
@@ -369,9 +379,9 @@ def plan_heatmap(
         q = tile_quantum(stride)
         quantum = (q, q)
         if order_from is not None and rows and cols:
-            tiles = _interactive_tiles(rows, cols, stride, (float(order_from[0]), float(order_from[1])))
+            tiles = _interactive_tiles(rows, cols, stride, (float(order_from[0]), float(order_from[1])), streamed)
         else:
-            tiles = _cover(0, rows, 0, cols, *bulk_tile_cells(stride))
+            tiles = _cover(0, rows, 0, cols, *bulk_tile_cells(stride, streamed=streamed))
     if quantum is None:
         tiles = _cover(0, rows, 0, cols, tile_rows, tile_cols)
     else:
@@ -810,7 +820,8 @@ def iter_heatmap_tiles(
     precision = _runnable_precision(precision)
     pixels = image if hasattr(image, "block") else _ArrayPixels(image)
     if plan is None:
-        plan = plan_heatmap(pixels.height, pixels.width, stride, tile_cells=tile_cells, order_from=order_from)
+        plan = plan_heatmap(pixels.height, pixels.width, stride, tile_cells=tile_cells, order_from=order_from,
+                            streamed=hasattr(image, "block"))
     elif (plan.height, plan.width, plan.stride) != (pixels.height, pixels.width, stride):
         raise ValueError("plan was made for a different image size or stride")
     engines = _engines_for(model)

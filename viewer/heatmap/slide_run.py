@@ -331,7 +331,7 @@ def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *,
     r0, r1 = int(used_rows[0]), int(used_rows[-1]) + 1
     c0, c1 = int(used_cols[0]), int(used_cols[-1]) + 1
     height, width = r1 - r0, c1 - c0
-    max_rows, max_cols = bulk_tile_cells(stride)
+    max_rows, max_cols = bulk_tile_cells(stride, streamed=True)
     if height > max_rows or width > max_cols:  # more than one bulk tile: cut at a tile's size
         if height / max_rows >= width / max_cols:
             cut = r0 + max_rows
@@ -415,7 +415,7 @@ def group_side(plan: SlideHeatmapPlan) -> tuple[int, int]:
     (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill:
     1 x 3 chunks of 64 cells (two bulk tiles), 2 x 3 chunks of 32 cells (one)."""
     return tuple(  # type: ignore[return-value]
-        max(1, min(8, math.lcm(side, plan.chunk) // plan.chunk)) for side in bulk_tile_cells(plan.stride)
+        max(1, min(8, math.lcm(side, plan.chunk) // plan.chunk)) for side in bulk_tile_cells(plan.stride, streamed=True)
     )
 
 
