@@ -326,6 +326,23 @@ def test_a_second_run_skips_finished_slides_and_keeps_their_results(cohort):
     assert after[str(cohort["corrupt"])]["status"] == "failed"
 
 
+@pytest.mark.slow
+def test_a_new_threshold_refinalises_without_recomputing(cohort):
+    out = cohort["out"]
+    before = summary_rows(out)
+    good = [str(p) for p in cohort["good"].values()]
+    stores = {slide: chunk_files(out / before[slide]["output"] / "heatmap.zarr") for slide in good}
+    result = run_batch_cli(*good, "--out", str(out), "--workers", "2", "--threshold", "0.02", "--geojson")
+    assert result.returncode == 0, result.stderr
+    after = summary_rows(out)
+    for slide in good:
+        assert after[slide]["status"] == "done"  # figures and GeoJSON made again from the store
+        assert float(after[slide]["tumour_fraction"]) >= float(before[slide]["tumour_fraction"])
+        assert after[slide]["mean_probability"] == before[slide]["mean_probability"]
+        assert chunk_files(out / after[slide]["output"] / "heatmap.zarr") == stores[slide]
+    assert json.loads((out / after[good[0]]["output"] / "slide.json").read_text())["threshold"] == 0.02
+
+
 # --------------------------------------------------------------------------- workers and the command killed
 
 
