@@ -142,3 +142,24 @@ def test_layer_places_cells_by_the_grid_scale_and_origin(qtbot, make_window):
     assert (rect.x(), rect.y()) == (1032 - 8, 2032 - 8)
     assert (rect.width(), rect.height()) == (10 * 16, 5 * 16)
     assert layer.probability_at(1032 + 16 * 3, 2032 + 16 * 2) == pytest.approx(probs[2, 3])
+
+
+def test_a_store_written_by_the_cli_opens_beside_its_slide_and_another_slides_is_refused(
+        qtbot, make_window, open_and_wait, pyramid, tmp_path, dialogs_seen):
+    from viewer.cli import main
+
+    store = tmp_path / "out" / "heatmap.zarr"
+    store.parent.mkdir()
+    assert main(["heatmap", str(pyramid), "--out", str(store), "--quiet", "--region", "0,0,900,700"]) == 0
+    window = make_window()
+    open_and_wait(window, pyramid)
+    assert window.heatmap_controller.open_store(store)
+    data = window.heatmap_controller.data
+    assert isinstance(data, StoreHeatmap) and window.heatmap_layer.data is data
+    assert window.heatmap_controller.complete
+    assert window.heatmap_controller.grid.origin == (0, 0) and data.shape == data.store.shape
+    other = write_pyramidal_tiff(tmp_path / "other.tif", 1800, 1500, tile=256, levels=2, compression="zlib")
+    open_and_wait(window, other)
+    assert not window.heatmap_controller.open_store(store)
+    title, text = dialogs_seen.expect("warning")
+    assert "pyramid.tif" in text and "other.tif" in text

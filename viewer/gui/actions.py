@@ -25,6 +25,7 @@ class Actions:
     load_model: QAction
     export_overlay: QAction
     export_heatmap: QAction
+    open_heatmap: QAction
     export_legend: QAction
     close_image: QAction
     quit: QAction
@@ -148,6 +149,8 @@ def build_actions(window: QMainWindow) -> Actions:
         export_overlay=_action(window, "&Export Overlay…", ["Ctrl+E"],
                                "Save the image with the layers as shown, at full resolution", sp.SP_DialogSaveButton),
         export_heatmap=_action(window, "Export &Heatmap…", tip="Save the heatmap array (.npy) and its geometry (.json)"),
+        open_heatmap=_action(window, "Open &Heatmap Store…", tip="Show a heatmap store (.zarr) computed for this "
+                             "slide, e.g. by 'histoviewer heatmap' or 'histoviewer batch'"),
         close_image=_action(window, "&Close Image", [Key.Close], "Close the image"),
         quit=_action(window, "&Quit", ["Ctrl+Q"], "Quit HistoViewer"),
         export_legend=_action(window, "Add &Legend to Exported Overlays",
@@ -192,7 +195,7 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     file = bar.addMenu("&File")
     file.addActions([a.open])
     file.addMenu(a.recent_menu)
-    file.addActions([a.open_annotations, a.load_model])
+    file.addActions([a.open_annotations, a.open_heatmap, a.load_model])
     file.addSeparator()
     file.addActions([a.export_overlay, a.export_heatmap, a.export_legend])
     file.addSeparator()

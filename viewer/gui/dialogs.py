@@ -22,6 +22,12 @@ def ask_open_path(parent: QWidget, title: str, folder: str, name_filter: str) ->
     return path or None
 
 
+def ask_open_folder(parent: QWidget, title: str, folder: str) -> str | None:
+    """Ask for a folder (a .zarr heatmap store is one)."""
+    path = QFileDialog.getExistingDirectory(parent, title, folder)
+    return path or None
+
+
 def ask_save_path(parent: QWidget, title: str, suggested: str, name_filter: str,
                   suffix: str, also: tuple[str, ...] = ()) -> tuple[Path, bool] | None:
     """Ask where to save; returns (path, force) or None if the user cancelled.

@@ -217,6 +217,47 @@ class HeatmapController(QObject):
                           on_error=lambda _exc: None)  # unreadable: the next run replaces it
         return True
 
+    def choose_store(self) -> None:
+        path = dialogs.ask_open_folder(self._window, "Open Heatmap Store", self._settings.last_folder("heatmaps"))
+        if path:
+            self.open_store(path)
+
+    def open_store(self, path: str | Path) -> bool:
+        """Show a heatmap store written for the open slide (by ``histoviewer heatmap`` or
+        ``batch``); a store of another slide is refused with a message. True if shown."""
+        from viewer.errors import InputError
+        from viewer.heatmap.store import HeatmapStore
+
+        opened = self._document.opened
+        if opened is None:
+            return False
+        path = Path(path)
+        try:
+            store = HeatmapStore.open(path, mode="r")
+            slide_attrs = store.attrs.get("slide") or {}
+            size = (slide_attrs.get("width"), slide_attrs.get("height"))
+            if size != (opened.slide.width, opened.slide.height):
+                raise InputError(
+                    f"was computed for {slide_attrs.get('file', 'another slide')} ({size[0]} x {size[1]} px), "
+                    f"not for {opened.slide.name} ({opened.slide.width} x {opened.slide.height} px)", path)
+            data = StoreHeatmap(store)
+            overviews = {kind: store.read_overview(kind) for kind in ("mean", "max")}
+        except InputError as exc:
+            dialogs.warn(self._window, "Cannot open heatmap", str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - zarr raises many types for a folder that is not a store
+            dialogs.warn(self._window, "Cannot open heatmap", f"{path}: is not a readable heatmap store ({type(exc).__name__})")
+            return False
+        self.runner.cancel()
+        self._settings.set_last_folder("heatmaps", path)
+        self.stride, self.grid, self.store_path = data.grid.stride, data.grid, None  # not the cache's: Run makes its own
+        self._show_data(data, overviews)
+        self.complete = bool(store.attrs.get("complete"))
+        self._panel.set_heatmap_info(f"{path.name}, window step {self.stride} px" + ("" if self.complete else " (partial)"))
+        self.update_actions()
+        self.changed.emit()
+        return True
+
     def _on_cached(self, opened, grid: AnalysisGrid, path: Path, read: tuple) -> None:
         if self._document.opened is not opened or self.runner.is_running() or self.data is not None:
             return  # another image, or a run already shows this slide's heatmap

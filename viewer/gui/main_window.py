@@ -179,6 +179,7 @@ class MainWindow(QMainWindow):
         a.load_model.triggered.connect(self.choose_model)
         a.export_overlay.triggered.connect(exports.export_overlay)
         a.export_heatmap.triggered.connect(exports.export_heatmap)
+        a.open_heatmap.triggered.connect(heatmaps.choose_store)
         a.close_image.triggered.connect(self.close_image)
         a.quit.triggered.connect(self.close)
         a.fit.triggered.connect(self.canvas.fit)
@@ -279,7 +280,8 @@ class MainWindow(QMainWindow):
 
     def _update_image_actions(self) -> None:
         a, has_image = self.actions, self.document.opened is not None
-        for action in (a.open_annotations, a.export_overlay, a.close_image, a.fit, a.zoom_100, a.zoom_in, a.zoom_out):
+        for action in (a.open_annotations, a.open_heatmap, a.export_overlay, a.close_image, a.fit, a.zoom_100,
+                       a.zoom_in, a.zoom_out):
             action.setEnabled(has_image)
 
     def _fill_recent_menu(self) -> None:
