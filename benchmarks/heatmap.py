@@ -281,9 +281,26 @@ def _bench_slide(folder: Path, image_path: str) -> Path:
     return write_pyramidal_tiff(folder / "section.tif", w, h, source=mosaic, mpp=0.25, levels=5, quality=90)
 
 
+COMPARISONS = (
+    ("bulk_float32", "single_float32"),
+    ("today", "bulk_float32"),
+    ("today", "bulk_bfloat16"),
+    ("single_float32", "single_bfloat16"),
+    ("bulk_float32", "matmul"),
+    ("slide_float32", "singles_float32"),
+    ("store_float32", "singles_float32"),
+    ("store_bfloat16", "singles_bfloat16"),
+)
+"""Each ratio is measured by alternating its two sides (B A B A ... B): every A against the mean
+of the B runs just before and after it, the median over the alternations reported."""
+INNER = 3
+"""Runs per measurement of the image-sized configurations (~0.2-0.4 s together), so a burst of
+load from other processes averages out instead of hitting one side of a comparison."""
+
+
 def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: str, model_path: str) -> dict:
-    """Every configuration once per round, rounds alternated, so load from other processes hits
-    them all alike; ratios are taken within each round and their median reported."""
+    """The issue-10 comparisons, each measured by alternation (:data:`COMPARISONS`) so load from
+    other processes hits both of its sides alike."""
     import numpy as np
     import tensorflow as tf
 
@@ -304,8 +321,8 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
     slide = open_slide(_bench_slide(tmp, image_path))
     plans = {p: plan_slide_heatmap(slide, model_path, SlideHeatmapOptions(stride=stride, precision=p)) for p in precisions}
     repeats = max(1, round(plans["float32"].tissue_cells / (rows * cols)))
-    a = tf.random.normal((MATMUL_N, MATMUL_N))
-    b = tf.random.normal((MATMUL_N, MATMUL_N))
+    left = tf.random.normal((MATMUL_N, MATMUL_N))
+    right = tf.random.normal((MATMUL_N, MATMUL_N))
     matmul = tf.function(lambda x, y: tf.matmul(x, y))
 
     def first_tile(precision):
@@ -315,21 +332,30 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
             tiles.close()
         return run
 
+    stores: dict[str, object] = {}
+
+    def new_store(precision):
+        """Untimed: replace the last run's store by an empty one, and flush the disk, so neither
+        deleting ~1000 files nor their write-back is counted in (or leaks into) a measurement."""
+        def setup():
+            stores[precision] = open_store_for(plans[precision], tmp / f"store-{precision}.zarr", force=True)[0]
+            os.sync()
+        return setup
+
     def store_run(precision):
         def run():
-            store, _ = open_store_for(plans[precision], tmp / f"store-{precision}.zarr", force=True)
-            for _ in run_to_store(plans[precision], model, store, interactive=False):
+            for _ in run_to_store(plans[precision], model, stores[precision], interactive=False):
                 pass
         return run
 
     configs = {
-        "today": lambda: compute_heatmap(pixels, model, stride, tile_cells=legacy),
-        "matmul": lambda: [matmul(a, b).numpy() for _ in range(MATMUL_REPEATS)],
+        "today": lambda: [compute_heatmap(pixels, model, stride, tile_cells=legacy) for _ in range(INNER)],
+        "matmul": lambda: [matmul(left, right).numpy() for _ in range(MATMUL_REPEATS)],
     }
     for p in precisions:
         single = _exact_function(_engines_for(model), stride, p)
-        configs[f"bulk_{p}"] = lambda p=p: compute_heatmap(pixels, model, stride, precision=p)
-        configs[f"single_{p}"] = lambda single=single: single(pixels[None]).numpy()
+        configs[f"bulk_{p}"] = lambda p=p: [compute_heatmap(pixels, model, stride, precision=p) for _ in range(INNER)]
+        configs[f"single_{p}"] = lambda single=single: [single(pixels[None]).numpy() for _ in range(INNER)]
         # The same pass repeated for as many cells as the slide has tissue cells: the slide's run
         # is compared with a run as long as itself, so both see the same share of the load.
         configs[f"singles_{p}"] = lambda single=single: [single(pixels[None]).numpy() for _ in range(repeats)]
@@ -337,20 +363,40 @@ def _throughput(pixels, model, stride: int, tmp: Path, rounds: int, image_path: 
         configs[f"slide_{p}"] = lambda p=p: compute_slide_array(plans[p], model)
         configs[f"store_{p}"] = store_run(p)
         warm_up(model, stride, precision=p)
-    for run in configs.values():  # warm: traced, kernels made, slide tiles decoded once
+    setups = {f"store_{p}": new_store(p) for p in precisions}
+    for key, run in configs.items():  # warm: traced, kernels made, slide tiles decoded once
+        setups.get(key, lambda: None)()
         run()
     times: dict[str, list[float]] = {k: [] for k in configs}
+
+    def measure(key: str) -> float:
+        setups.get(key, lambda: None)()
+        start = time.perf_counter()
+        configs[key]()
+        times[key].append(time.perf_counter() - start)
+        return times[key][-1]
+
+    ratios: dict[str, list[float]] = {}
+    for num, den in COMPARISONS:
+        if num not in configs or den not in configs:
+            continue
+        before = measure(den)
+        found = ratios[f"{num}/{den}"] = []
+        for _ in range(max(2, rounds)):
+            took = measure(num)
+            after = measure(den)
+            found.append(took / ((before + after) / 2))
+            before = after
     for _ in range(max(2, rounds)):
-        for key, run in configs.items():
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
+        for p in precisions:
+            measure(f"first_{p}")
     plan = plan_heatmap(height, width, stride)
     fp = plans["float32"]
     return {
-        "times": times, "cells": rows * cols, "legacy_tile": list(legacy), "bulk_tiles": len(plan),
+        "times": times, "ratios": ratios, "cells": rows * cols, "legacy_tile": list(legacy), "bulk_tiles": len(plan),
         "bulk_tile": [plan.tile_rows, plan.tile_cols], "padded_cells": plan.padded_cells(),
         "macs_per_cell": network_macs_per_cell(model, stride), "matmul_flop": MATMUL_REPEATS * 2 * MATMUL_N**3,
+        "inner": INNER,
         "bf16": bf16, "bf16_why": why, "single_repeats": repeats,
         "slide": {"size": [slide.width, slide.height], "tissue_cells": fp.tissue_cells,
                   "cells": fp.shape[0] * fp.shape[1], "tissue_fraction": float(fp.tissue.fraction),
@@ -393,46 +439,48 @@ def _accuracy(pixels, model, model_path: str, stride: int) -> dict:
     return report
 
 
-def _median_ratio(times: dict, num: str, den: str, scale: float = 1.0) -> float:
-    """Median over rounds of ``times[num][i] / times[den][i] * scale`` (same round, same load)."""
-    return statistics.median(n / d * scale for n, d in zip(times[num], times[den]))
+def _ratio(tp: dict, num: str, den: str, scale: float = 1.0) -> float:
+    """Median of the alternated ``num / den`` time ratios, times ``scale``."""
+    return statistics.median(tp["ratios"][f"{num}/{den}"]) * scale
 
 
 def print_goals(tp: dict, acc: dict) -> bool:
     """The issue-10 table: each figure next to its goal. Returns True if every goal is met."""
     t = tp["times"]
-    med = {k: statistics.median(v) for k, v in t.items()}
+    inner = tp["inner"]  # image-sized configurations run this many times per measurement
+    med = {k: statistics.median(v) / (inner if k in ("today",) or k.startswith(("bulk_", "single_")) else 1)
+           for k, v in t.items() if v and not k.startswith("singles_")}
     cells, tissue = tp["cells"], tp["slide"]["tissue_cells"]
-    med = {k: v for k, v in med.items() if not k.startswith("singles_")}  # printed per pass below
+    per_tissue = tp["single_repeats"] * cells / tissue  # slide time per tissue cell over singles' per cell
     flop_cell = 2 * tp["macs_per_cell"]
     rows: list[tuple[str, str, str, bool | None]] = []
 
     def add(label, value, goal, ok):
         rows.append((label, value, goal, ok))
 
-    r = _median_ratio(t, "bulk_float32", "single_float32")
+    r = _ratio(tp, "bulk_float32", "single_float32")
     add(f"FP32 image in bulk tiles / single pass ({tp['bulk_tiles']} tiles of <= {tp['bulk_tile'][0]}x{tp['bulk_tile'][1]})",
         f"{r:.2f}x", f"<= {GOALS['bulk_vs_single']:.2f}x", r <= GOALS["bulk_vs_single"])
     for key, label in (("store", "into a .zarr store"), ("slide", "engine only, no store")):
-        r = _median_ratio(t, f"{key}_float32", "singles_float32", tp["single_repeats"] * cells / tissue)
+        r = _ratio(tp, f"{key}_float32", "singles_float32", per_tissue)
         add(f"FP32 whole slide per tissue cell / single pass ({label})", f"{r:.2f}x",
             f"<= {GOALS['slide_vs_single']:.2f}x", r <= GOALS["slide_vs_single"])
-    r = _median_ratio(t, "today", "bulk_float32")
+    r = _ratio(tp, "today", "bulk_float32")
     add("FP32 engine speed-up vs today's engine (same image)", f"{r:.2f}x", "", None)
     rate = flop_cell * cells / med["bulk_float32"] / 1e9
     ceiling = tp["matmul_flop"] / med["matmul"] / 1e9
-    eff = statistics.median(flop_cell * cells / b / (tp["matmul_flop"] / m) for b, m in zip(t["bulk_float32"], t["matmul"]))
+    eff = flop_cell * cells * inner / tp["matmul_flop"] / _ratio(tp, "bulk_float32", "matmul")
     add(f"FP32 engine {rate:.0f} GFLOP/s / FP32 matmul ceiling {ceiling:.0f} GFLOP/s", f"{100 * eff:.0f} %",
         f">= {100 * GOALS['efficiency']:.0f} %", eff >= GOALS["efficiency"])
     add("first painted tile, warm, FP32 (interactive 32-cell tile)", f"{1000 * med['first_float32']:.0f} ms",
         f"<= {1000 * GOALS['first_tile_s']:.0f} ms", med["first_float32"] <= GOALS["first_tile_s"])
     if tp["bf16"]:
-        r = _median_ratio(t, "today", "bulk_bfloat16")
+        r = _ratio(tp, "today", "bulk_bfloat16")
         add("bfloat16 engine speed-up vs today's FP32 engine", f"{r:.2f}x", f">= {GOALS['bf16_vs_today']:.1f}x",
             r >= GOALS["bf16_vs_today"])
-        r = _median_ratio(t, "single_float32", "single_bfloat16")
+        r = _ratio(tp, "single_float32", "single_bfloat16")
         add("bfloat16 single pass speed-up vs FP32 single pass", f"{r:.2f}x", "", None)
-        r = _median_ratio(t, "store_bfloat16", "singles_bfloat16", tp["single_repeats"] * cells / tissue)
+        r = _ratio(tp, "store_bfloat16", "singles_bfloat16", per_tissue)
         add("bfloat16 whole slide per tissue cell / bfloat16 single pass (store)", f"{r:.2f}x", "", None)
         add("first painted tile, warm, bfloat16", f"{1000 * med['first_bfloat16']:.0f} ms",
             f"<= {1000 * GOALS['first_tile_s']:.0f} ms", med["first_bfloat16"] <= GOALS["first_tile_s"])
@@ -458,8 +506,10 @@ def print_goals(tp: dict, acc: dict) -> bool:
           f"{tissue} of {s['cells']} cells evaluated, {s['busy_chunks']} of {s['chunks']} chunks of {s['chunk']} cells with tissue")
     print(f"today's engine: {tp['legacy_tile'][0]}x{tp['legacy_tile'][1]}-cell tiles; bulk plan pads {tp['padded_cells']} cells "
           f"for {cells} ({100 * (tp['padded_cells'] / cells - 1):.1f} % padding); network {tp['macs_per_cell']} "
-          f"multiply-adds per window; medians of {len(t['today'])} alternated rounds:")
+          f"multiply-adds per window; ratios: medians of alternated runs; times: medians per run:")
     print("  " + "  ".join(f"{k} {1000 * v:.0f} ms" for k, v in med.items()))
+    print("alternated ratios (min-max): " + "  ".join(
+        f"{name} {min(v):.2f}-{max(v):.2f}" for name, v in tp["ratios"].items()))
     return all(ok is not False for *_, ok in rows)
 
 
@@ -544,7 +594,7 @@ def main(argv=None) -> int:
         ok = True
         if not args.goals_only:
             ok = _baseline_table(args, image, model, tmp)
-        print("\nissue 10 measurements: one process, every configuration once per round, rounds alternated...", flush=True)
+        print("\nissue 10 measurements: one process, the two sides of each comparison alternated...", flush=True)
         tp, _ = _run_worker("throughput", image, model, args.stride, tmp, pairs=args.rounds)
         acc, _ = _run_worker("accuracy", image, model, args.stride, tmp)
         print_goals(tp, acc)
