@@ -93,6 +93,8 @@ class HeatmapController(QObject):
         actions.window_steps[self.window_step].setChecked(True)  # setChecked does not trigger
         self.precision = self._usable(settings.heatmap_precision())  # Analysis › Precision
         actions.precisions[self.precision].setChecked(True)
+        self.heatmap_precision = "float32"
+        """What the heatmap on screen was computed in (for its exported sidecar)."""
         actions.precision_group.triggered.connect(lambda action: self.set_precision(action.data()))
         threads = settings.heatmap_threads()  # Analysis › CPU Threads, applied at the model load
         if (threads or 0) in actions.thread_limits:
@@ -265,6 +267,7 @@ class HeatmapController(QObject):
         store_cache.touch(path)
         self.stride, self.grid, self.store_path = self.window_step, grid, path
         self._show_data(StoreHeatmap(store), overviews)
+        self.heatmap_precision = str(store.attrs.get("precision", "float32"))
         self.complete = bool(store.attrs.get("complete"))
         done, total = store.progress()
         self._panel.set_heatmap_info(
@@ -376,6 +379,7 @@ class HeatmapController(QObject):
     def _on_planned(self, request: HeatmapRequest, planned: PlannedRun) -> None:
         plan = planned.plan
         self.grid = plan.grid
+        self.heatmap_precision = plan.precision
         self.tissue = plan.tissue
         if planned.store is not None:
             store_cache.touch(planned.store.path if hasattr(planned.store, "path") else request.store_path)
