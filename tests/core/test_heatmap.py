@@ -365,7 +365,7 @@ def _field_plan(pixels, chunk):
 def test_engine_tiles_cover_the_given_chunks_exactly(seed, interactive, fraction):
     from viewer.heatmap.slide_run import engine_tiles, group_side
 
-    plan = _field_plan(np.zeros((1500, 2100, 3), np.uint8), 16)  # 184 x 259 cells, 12 x 17 chunks
+    plan = _field_plan(np.zeros((2500, 3100, 3), np.uint8), 16)  # 309 x 384 cells, 20 x 24 chunks
     rng = np.random.default_rng(seed)
     n_r, n_c = plan.chunk_grid
     chunks = [(i, j) for i in range(n_r) for j in range(n_c) if rng.random() < fraction]
@@ -373,7 +373,7 @@ def test_engine_tiles_cover_the_given_chunks_exactly(seed, interactive, fraction
     chunks = [tuple(map(int, ij)) for ij in chunks] or [(0, 0)]
     groups = engine_tiles(plan, chunks, interactive=interactive)
     side = group_side(plan)
-    assert side == (4, 6)  # 64 x 96-cell bulk tiles of 16-cell chunks
+    assert side == (8, 12)  # 64 x 96-cell bulk tiles of 16-cell chunks, blocks of >= 1024 px
     covered = [ij for _, members in groups for ij in members]
     assert sorted(covered) == sorted(chunks)  # every chunk once, nothing else
     if interactive:

@@ -287,7 +287,7 @@ def _computed_chunks(
         max(t[0].stop - t[0].start for t in flat), max(t[1].stop - t[1].start for t in flat),
         tuple(flat), quantum=(tile_quantum(grid.stride),) * 2,
     )
-    pixels = _ReadAhead(AnalysisImage(plan.slide, grid), [engine_plan.block_box(*t) for t in flat])
+    pixels = _ReadAhead(AnalysisImage(plan.slide, grid), [[engine_plan.block_box(*t) for t in tiles] for *_, tiles in groups])
     results = iter_heatmap_tiles(pixels, model, grid.stride, plan=engine_plan, precision=plan.precision)
     try:
         for (rows, cols), members, keep, tiles in groups:
@@ -307,6 +307,122 @@ def _computed_chunks(
     finally:
         results.close()
         pixels.close()
+
+
+_CALL_COST_PX = 20_000
+"""What one more engine call costs, in input pixels of work (~1 ms: TensorFlow's dispatch,
+Python, oneDNN's start-up per layer): the price of splitting a tile at a tissue edge."""
+
+_MIN_SPLIT_PX = 128
+"""Tiles are not split below about this side in image pixels (their halo would dominate)."""
+
+
+def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *, split: bool = True) -> list[tuple[slice, slice]]:
+    """Engine tiles covering every True cell of ``keep`` (a block of cells at ``(row0, col0)``)
+    for the least work: the tissue's bounding box, cut into bulk tiles where it is larger than
+    one (:func:`~viewer.heatmap.engine.bulk_tile_cells`); where tissue ends on a diagonal or in
+    patches, a box is cut in two along its longer side (recursively) when the halves' bounding
+    boxes cost less, halo, padding and the extra call included (:func:`_tile_cost`). Inside
+    tissue these are whole bulk tiles; at an edge they skip most of the glass.
+    ``split=False``: bounding boxes of at most a bulk tile only."""
+    used_rows, used_cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+    if not len(used_rows):
+        return []
+    r0, r1 = int(used_rows[0]), int(used_rows[-1]) + 1
+    c0, c1 = int(used_cols[0]), int(used_cols[-1]) + 1
+    height, width = r1 - r0, c1 - c0
+    max_rows, max_cols = bulk_tile_cells(stride, streamed=True)
+    if height > max_rows or width > max_cols:  # more than one bulk tile: cut at a tile's size
+        if height / max_rows >= width / max_cols:
+            cut = r0 + max_rows
+            return (tissue_tiles(stride, keep[:cut], row0, col0, split=split)
+                    + tissue_tiles(stride, keep[cut:], row0 + cut, col0, split=split))
+        cut = c0 + max_cols
+        return (tissue_tiles(stride, keep[:, :cut], row0, col0, split=split)
+                + tissue_tiles(stride, keep[:, cut:], row0, col0 + cut, split=split))
+    box = [(slice(row0 + r0, row0 + r1), slice(col0 + c0, col0 + c1))]
+    q = tile_quantum(stride)
+    if not split or keep[r0:r1, c0:c1].all() or max(height, width) * stride < 2 * _MIN_SPLIT_PX:
+        return box
+    along_rows = height >= width
+    start, length = (r0, height) if along_rows else (c0, width)
+    cut = start + max(q, (length // 2) // q * q)  # halves of whole quanta: no extra padding
+    if cut >= start + length:  # too short to halve
+        return box
+    if along_rows:
+        halves = (tissue_tiles(stride, keep[:cut], row0, col0), tissue_tiles(stride, keep[cut:], row0 + cut, col0))
+    else:
+        halves = (tissue_tiles(stride, keep[:, :cut], row0, col0), tissue_tiles(stride, keep[:, cut:], row0, col0 + cut))
+    split = halves[0] + halves[1]
+    cost = lambda tiles: sum(_tile_cost(stride, tile) for tile in tiles)  # noqa: E731
+    return split if cost(split) < cost(box) else box
+
+
+def _tile_cost(stride: int, tile: tuple[slice, slice]) -> int:
+    """Input pixels the engine works on for a tile (padded block plus halo), plus a call's cost."""
+    q = tile_quantum(stride)
+    pad_rows = -(-(tile[0].stop - tile[0].start) // q) * q
+    pad_cols = -(-(tile[1].stop - tile[1].start) // q) * q
+    return (stride * (pad_rows - 1) + 32) * (stride * (pad_cols - 1) + 32) + _CALL_COST_PX
+
+
+class _ReadAhead:
+    """An analysis image read one block of chunks ahead, in a background thread.
+
+    Decoding a slide's JPEG tiles takes a sixth to a fifth of the time the network needs for
+    the pixels; read while the engine computes the block before, most of it is hidden. Each
+    block of chunks is read once, as the box around all of its engine tiles' reads, and the
+    tiles are cut from it: tiles overlap by their 24 px halo and share the slide's JPEG tiles,
+    which would otherwise be decoded two or three times. The engine asks for the boxes in
+    ``groups`` (a list of box lists) in order; any other request is read directly. Only pixels
+    are read in the background (never TensorFlow), and :meth:`close` waits for a read in flight.
+    """
+
+    def __init__(self, image: AnalysisImage, groups: list[list[tuple[int, int, int, int]]]) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.image = image
+        self.height, self.width = image.height, image.width
+        self._groups = deque(_union(boxes) for boxes in groups if boxes)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-read-ahead")
+        self._current: tuple[tuple[int, int, int, int], np.ndarray] | None = None
+        self._next = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._groups:
+            box = self._groups.popleft()
+            self._next = (box, self._pool.submit(self.image.block, *box))
+        else:
+            self._next = None
+
+    def block(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        for _ in range(2):
+            if self._current is not None:
+                (gx, gy, gw, gh), pixels = self._current
+                if gx <= x and gy <= y and x + w <= gx + gw and y + h <= gy + gh:
+                    return pixels[y - gy : y - gy + h, x - gx : x - gx + w]
+            if self._next is None:
+                break
+            box, future = self._next  # the engine moved on to the next block of chunks
+            self._current = (box, future.result())
+            self._schedule()
+        return self.image.block(x, y, w, h)
+
+    def close(self) -> None:
+        self._groups.clear()
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+        self._current = None
+        self._pool.shutdown(wait=True)
+
+
+def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return x0, y0, x1 - x0, y1 - y0
 
 
 _CALL_COST_PX = 20_000
@@ -410,13 +526,22 @@ class _ReadAhead:
         self._pool.shutdown(wait=True)
 
 
+_BLOCK_MIN_PX = 1024
+"""Blocks of chunks are at least this many image pixels per side: a block's pixels are read from
+the slide once (:class:`_ReadAhead`), and the slide's JPEG tiles along a block's edges are
+decoded again by the next block, so short blocks decode much of the slide twice."""
+
+
 def group_side(plan: SlideHeatmapPlan) -> tuple[int, int]:
-    """Chunks per block ``(rows, cols)``: the fewest whole chunks that whole bulk tiles
-    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill:
-    1 x 3 chunks of 64 cells (two bulk tiles), 2 x 3 chunks of 32 cells (one)."""
-    return tuple(  # type: ignore[return-value]
-        max(1, min(8, math.lcm(side, plan.chunk) // plan.chunk)) for side in bulk_tile_cells(plan.stride, streamed=True)
-    )
+    """Chunks per block ``(rows, cols)``: whole chunks that whole bulk tiles
+    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill, and
+    at least :data:`_BLOCK_MIN_PX` per side: 2 x 3 chunks of 64 cells (four bulk tiles)."""
+    sides = []
+    for side in bulk_tile_cells(plan.stride, streamed=True):
+        base = math.lcm(side, plan.chunk) // plan.chunk
+        repeat = math.ceil(_BLOCK_MIN_PX / (base * plan.chunk * plan.stride))
+        sides.append(max(1, min(32, base * repeat)))
+    return sides[0], sides[1]
 
 
 def engine_tiles(
