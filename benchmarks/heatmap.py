@@ -460,7 +460,7 @@ def print_goals(tp: dict, acc: dict) -> bool:
 
     r = _ratio(tp, "bulk_float32", "single_float32")
     add(f"FP32 image in bulk tiles / single pass ({tp['bulk_tiles']} tiles of <= {tp['bulk_tile'][0]}x{tp['bulk_tile'][1]})",
-        f"{r:.2f}x", f"<= {GOALS['bulk_vs_single']:.2f}x", r <= GOALS["bulk_vs_single"])
+        f"{r:.3f}x", f"<= {GOALS['bulk_vs_single']:.2f}x", r <= GOALS["bulk_vs_single"])
     for key, label in (("store", "into a .zarr store"), ("slide", "engine only, no store")):
         r = _ratio(tp, f"{key}_float32", "singles_float32", per_tissue)
         add(f"FP32 whole slide per tissue cell / single pass ({label})", f"{r:.2f}x",
