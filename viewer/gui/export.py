@@ -40,7 +40,7 @@ def write_overlay(
 
 def write_heatmap(
     heatmap: np.ndarray, path: Path, stride: int, image_shape: tuple[int, ...], image_path: Path,
-    model_path: str | None, force: bool, analysis: dict | None = None,
+    model_path: str | None, force: bool, analysis: dict | None = None, precision: str = "float32",
 ) -> Path:
     """Save the heatmap (.npy or float TIFF, by suffix) and its JSON sidecar; returns the array's path."""
     from viewer.heatmap import save_heatmap
@@ -50,6 +50,7 @@ def write_heatmap(
         heatmap, path, stride=stride, image_shape=image_shape, image_path=image_path,
         # The sidecar records the model's SHA-256, so name the bundled file explicitly.
         model_path=model_path if model_path else bundled_model_path(), force=force, analysis=analysis,
+        precision=precision,
     )
     return array_path
 

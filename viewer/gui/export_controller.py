@@ -128,7 +128,8 @@ class ExportController(QObject):
         grid = getattr(heatmaps, "grid", None)
         shape = (slide.height, slide.width) if grid is None else (grid.height, grid.width)
         self._run(write_heatmap, heatmap.copy(), target[0], heatmaps.stride, shape, slide.path, self._models.path,
-                  target[1], None if grid is None else grid.as_attrs())
+                  target[1], None if grid is None else grid.as_attrs(),
+                  heatmaps.heatmap_precision)
 
     def export_agreement(self) -> None:
         result = self._agreement.result
