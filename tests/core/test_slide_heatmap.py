@@ -203,3 +203,30 @@ def test_cli_bad_regions_are_one_line_errors(slide_path, tmp_path, capsys, regio
 def test_cli_bad_mpp_is_a_one_line_error(slide_path, tmp_path, capsys):
     assert main(["heatmap", str(slide_path), "--out", str(tmp_path / "x.npy"), "--mpp", "-1"]) == 2
     assert "--mpp" in capsys.readouterr().err
+
+
+def test_read_ahead_reads_each_block_once_and_cuts_its_tiles_from_it():
+    """The slide run's read-ahead serves a block's tiles from one read of their union box."""
+    from viewer.heatmap.slide_run import _ReadAhead
+
+    class Image:
+        height, width = 400, 600
+
+        def __init__(self):
+            self.calls = []
+            self.pixels = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+
+        def block(self, x, y, w, h):
+            self.calls.append((x, y, w, h))
+            return self.pixels[y : y + h, x : x + w].copy()
+
+    image = Image()
+    groups = [[(0, 0, 100, 80), (60, 0, 100, 80)], [(200, 100, 50, 50), (200, 130, 50, 60)]]
+    ahead = _ReadAhead(image, groups)
+    try:
+        for boxes in groups:
+            for x, y, w, h in boxes:
+                np.testing.assert_array_equal(ahead.block(x, y, w, h), image.pixels[y : y + h, x : x + w])
+    finally:
+        ahead.close()
+    assert image.calls == [(0, 0, 160, 80), (200, 100, 50, 90)]
