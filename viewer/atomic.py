@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
+import signal
 import stat
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,15 +77,11 @@ def atomic_output(path: str | Path, *, force: bool = True, suffix: str | None = 
     path = check_writable(path, force=force)
     target = _target(path)
     folder = target.parent
+    # The name is chosen before the file exists and the file is created inside the ``try``, so
+    # a Ctrl+C arriving at any point after creation still finds the name to remove.
+    tmp = _temporary_name(target, suffix if suffix is not None else target.suffix)
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=folder
-        )
-        os.close(fd)
-    except OSError as exc:
-        raise _output_error(exc, path) from None
-    tmp = Path(tmp_name)
-    try:
+        _create_exclusive(tmp)
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"the writer removed or renamed its temporary file {tmp.name}")
@@ -107,6 +105,20 @@ def atomic_output(path: str | Path, *, force: bool = True, suffix: str | None = 
     finally:
         for stray in _strays(tmp):
             stray.unlink(missing_ok=True)
+
+
+def _temporary_name(target: Path, suffix: str) -> Path:
+    """A hidden name beside ``target`` that no other file has (checked again at creation)."""
+    while True:  # 64 random bits: a clash with an existing name is all but impossible
+        candidate = target.parent / f".{target.name}.{secrets.token_hex(8)}{suffix}"
+        if not os.path.lexists(candidate):
+            return candidate
+
+
+def _create_exclusive(tmp: Path) -> None:
+    """Create ``tmp`` empty and private (like ``mkstemp``); fails if it appeared meanwhile."""
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    os.close(fd)
 
 
 def _target(path: Path) -> Path:
@@ -199,3 +211,26 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Hold back Ctrl+C (SIGINT) until the block is over, then raise it.
+
+    For a few writes that belong together (``summary.csv`` and ``summary.json``): an interrupt
+    in between would leave one new and one old. Only the main thread receives Python's signal
+    handlers, so elsewhere (and where SIGINT is not the default handler) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

@@ -142,7 +142,7 @@ def test_temp_file_cannot_be_created(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(atomic_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic_module.os, "open", refuse)
     with pytest.raises(OutputError) as info:
         with atomic_output(tmp_path / "x.png") as tmp:  # pragma: no cover - refused before
             tmp.write_text("x")
@@ -319,3 +319,33 @@ def test_temp_names_do_not_collide(tmp_path):
         first.write_text("1")
         second.write_text("2")
     assert (tmp_path / "x.txt").read_text() == "1" and (tmp_path / "y.txt").read_text() == "2"
+
+
+def test_ctrl_c_right_after_the_temporary_file_appears_leaves_nothing(tmp_path, monkeypatch):
+    """The window between creating the temporary file and guarding it: the batch's CI run once
+    left a '.summary.csv.*.csv' behind when Ctrl+C landed there."""
+    create = atomic_module._create_exclusive
+
+    def create_then_interrupted(tmp):
+        create(tmp)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic_module, "_create_exclusive", create_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "x.csv") as tmp:  # pragma: no cover - interrupted before
+            tmp.write_text("x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_deferred_holds_ctrl_c_until_the_block_is_over(tmp_path):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_module.interrupt_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here: it must only record
+            done.append("block finished")
+    assert done == ["block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with atomic_module.interrupt_deferred():  # no signal: nothing raised
+        done.append("again")
+    assert done == ["block finished", "again"]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from viewer.atomic import interrupt_deferred
 from viewer.batch import summary as records
 from viewer.batch.inputs import SlideInput
 from viewer.batch.progress import BatchProgress
@@ -407,6 +408,8 @@ class _SummaryWriter:
             self.write()
 
     def write(self) -> None:
-        records.write_summary(self.outdir, self.rows, self.settings)
+        # Ctrl+C waits for the pair of files: both stay readable, no temporary file is left.
+        with interrupt_deferred():
+            records.write_summary(self.outdir, self.rows, self.settings)
         self.dirty = False
         self.last = time.perf_counter()
