@@ -6,6 +6,7 @@ No TensorFlow here: "probabilities" are deterministic numpy noise.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -291,7 +292,7 @@ def test_resume_removes_leftovers_of_a_killed_run(store, tmp_path):
     "change",
     [
         {"stride": 16}, {"scale": 1.0}, {"origin": [0, 512]}, {"model_sha256": "cd" * 32},
-        {"fingerprint": "0f" * 32}, {"tissue_threshold": None},
+        {"fingerprint": "0f" * 32}, {"tissue_threshold": None}, {"precision": "bfloat16"},
     ],
     ids=lambda change: next(iter(change)),
 )
@@ -528,3 +529,20 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert_same_arrays(killed, reference)
     assert not list(killed.rglob("*.partial"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.zarr", "reference.zarr"]
+
+
+def test_precision_is_recorded_checked_and_old_stores_count_as_float32(tmp_path):
+    store = HeatmapStore.create(tmp_path / "b.zarr", shape=SHAPE, attrs=make_attrs(precision="bfloat16"), chunk=CHUNK)
+    assert store.attrs["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        HeatmapStore.create(tmp_path / "x.zarr", shape=SHAPE, attrs=make_attrs(precision="float16"), chunk=CHUNK)
+    # A store written before the attribute existed resumes in float32 and is refused in bfloat16.
+    old = HeatmapStore.create(tmp_path / "old.zarr", shape=SHAPE, attrs=make_attrs(), chunk=CHUNK)
+    meta_path = old.path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["precision"]
+    meta_path.write_text(json.dumps(meta))
+    _, resumed = HeatmapStore.open_or_create(old.path, shape=SHAPE, attrs=make_attrs(), chunk=CHUNK)
+    assert resumed
+    with pytest.raises(OutputError, match="precision differs: float32, this run bfloat16"):
+        HeatmapStore.open_or_create(old.path, shape=SHAPE, attrs=make_attrs(precision="bfloat16"), chunk=CHUNK)

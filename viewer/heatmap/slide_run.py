@@ -505,44 +505,10 @@ def open_store_for(plan: SlideHeatmapPlan, path: str | Path, *, force: bool = Fa
     """Create the store of ``plan`` at ``path``, or resume a compatible one: ``(store, resumed)``.
 
     A store computed in another precision is refused like one of another model (unless
-    ``force``): resuming a bfloat16 store in float32 would mix two heatmaps in one array."""
+    ``force``); the store's compatibility check covers it (:data:`store.COMPATIBILITY_KEYS`)."""
     from viewer.heatmap.store import HeatmapStore
 
-    path = Path(path)
-    if not force:
-        existing = _store_precision(path)
-        if existing is not None and existing != plan.precision:
-            from viewer.errors import OutputError
-
-            raise OutputError(
-                f"was made for another slide/model/settings (precision differs: {existing}, this run "
-                f"{plan.precision}); use --force to replace it", path,
-            )
-    store, resumed = HeatmapStore.open_or_create(path, shape=plan.shape, attrs=plan.store_attrs(), chunk=plan.chunk, force=force)
-    if not resumed and store.attrs.get("precision") != plan.precision:
-        # HeatmapStore.create records every new store as float32; set the precision this run
-        # computes in before any chunk is written.
-        import zarr
-
-        from viewer.heatmap.store import DurableLocalStore
-
-        zarr.open_group(store=DurableLocalStore(path), mode="r+").attrs.update({"precision": plan.precision})
-        store = HeatmapStore.open(path, mode="r+")
-    return store, resumed
-
-
-def _store_precision(path: Path) -> str | None:
-    """The precision recorded in the HistoViewer store at ``path`` (float32 if it predates the
-    attribute), or None if there is no such store."""
-    from viewer.errors import InputError
-    from viewer.heatmap.store import HeatmapStore
-
-    if not path.is_dir() or path.is_symlink():
-        return None
-    try:
-        return str(HeatmapStore.open(path, mode="r").attrs.get("precision", "float32"))
-    except InputError:
-        return None
+    return HeatmapStore.open_or_create(Path(path), shape=plan.shape, attrs=plan.store_attrs(), chunk=plan.chunk, force=force)
 
 
 def settle_precision(plan: SlideHeatmapPlan, model) -> None:

@@ -78,7 +78,13 @@ DEFAULT_CHUNK = 64
 OVERVIEW_FACTOR = 8
 """Each overview pixel summarises an 8 x 8 block of heatmap cells."""
 
-COMPATIBILITY_KEYS = ("shape", "chunk", "patch", "stride", "scale", "origin", "model_sha256", "tissue_threshold")
+COMPATIBILITY_KEYS = (
+    "shape", "chunk", "patch", "stride", "scale", "origin", "model_sha256", "tissue_threshold", "precision",
+)
+PRECISIONS = ("float32", "bfloat16")
+"""The arithmetic a store's probabilities were computed in: part of its compatibility, since
+resuming a bfloat16 store in float32 would mix two slightly different heatmaps in one array.
+Stores written before the attribute existed count as float32."""
 """Attributes that must match (with the slide's fingerprint) for a run to resume a store: any
 other value would mix two different heatmaps in one array."""
 
@@ -226,10 +232,17 @@ def _read_group_attrs(path: Path) -> dict | None:
     return None
 
 
+def _checked_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return str(precision)
+
+
 def _incompatibility(existing: dict, wanted: dict) -> str | None:
     """The first setting in which two stores' attributes differ, or ``None``."""
+    defaults = {"precision": "float32"}
     for key in COMPATIBILITY_KEYS:
-        if existing.get(key) != wanted.get(key):
+        if existing.get(key, defaults.get(key)) != wanted.get(key, defaults.get(key)):
             return key
     old = (existing.get("slide") or {}).get("fingerprint")
     new = (wanted.get("slide") or {}).get("fingerprint")
@@ -324,6 +337,12 @@ class HeatmapStore:
         if force or existing is None:
             return cls.create(path, shape=shape, attrs=attrs, chunk=chunk, force=force), False
         differs = _incompatibility(existing, wanted)
+        if differs == "precision":
+            raise OutputError(
+                f"was made for another slide/model/settings (precision differs: "
+                f"{existing.get('precision', 'float32')}, this run {wanted.get('precision', 'float32')}); "
+                "use --force to replace it", path,
+            )
         if differs is not None:
             raise OutputError(
                 f"was made for another slide/model/settings ({differs} differs); use --force to replace it", path
@@ -352,7 +371,8 @@ class HeatmapStore:
         # The store's own facts win over anything the caller passed under the same name.
         full.update(
             format=FORMAT, format_version=FORMAT_VERSION, shape=[rows, cols], chunk=int(chunk),
-            version=__version__, precision="float32", complete=False, created=_now(),
+            version=__version__, precision=_checked_precision(full.get("precision", "float32")), complete=False,
+            created=_now(),
         )
         full["origin"] = [float(v) if not float(v).is_integer() else int(v) for v in full["origin"]]
         full["scale"] = float(full["scale"])
@@ -585,6 +605,6 @@ def _move_into_place(built: Path, path: Path) -> None:
 
 
 __all__ = [
-    "COMPATIBILITY_KEYS", "DEFAULT_CHUNK", "DurableLocalStore", "FORMAT", "FORMAT_VERSION", "HeatmapStore",
+    "COMPATIBILITY_KEYS", "DEFAULT_CHUNK", "PRECISIONS", "DurableLocalStore", "FORMAT", "FORMAT_VERSION", "HeatmapStore",
     "OVERVIEW_FACTOR", "file_fingerprint", "reduce_overview", "slide_attrs",
 ]
