@@ -163,3 +163,32 @@ def test_a_store_written_by_the_cli_opens_beside_its_slide_and_another_slides_is
     assert not window.heatmap_controller.open_store(store)
     title, text = dialogs_seen.expect("warning")
     assert "pyramid.tif" in text and "other.tif" in text
+
+
+def test_after_a_run_the_cache_is_pruned_off_the_main_thread_keeping_the_current_store(
+        qtbot, make_window, open_and_wait, pyramid, isolated_heatmap_cache, monkeypatch):
+    """Sizing the cache walks every file of every store (tens of thousands for a big slide): it
+    once ran on the main thread at the end of every run."""
+    import threading
+
+    from viewer.heatmap import store_cache
+
+    old = isolated_heatmap_cache / "old-slide.zarr"
+    old.mkdir(parents=True)
+    (old / "chunk").write_bytes(b"x" * 4096)
+    real_prune = store_cache.prune
+    calls: list[tuple[bool, list]] = []
+
+    def tiny_cache(folder, max_bytes=store_cache.DEFAULT_CACHE_BYTES, *, keep=()):
+        removed = real_prune(folder, 1, keep=keep)  # a cache of one byte: everything but `keep` goes
+        calls.append((threading.current_thread() is threading.main_thread(), removed))
+        return removed
+
+    monkeypatch.setattr(store_cache, "prune", tiny_cache)
+    window = make_window()
+    open_and_wait(window, pyramid)
+    assert finished(qtbot, window, window.actions.run_heatmap.trigger) == [True]
+    qtbot.waitUntil(lambda: bool(calls), timeout=10_000)
+    on_main_thread, removed = calls[0]
+    assert not on_main_thread and removed == [old] and not old.exists()
+    assert window.heatmap_controller.store_path.is_dir() and window.heatmap_controller.complete

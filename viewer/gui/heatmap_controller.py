@@ -414,8 +414,13 @@ class HeatmapController(QObject):
         self.complete = completed
         if isinstance(self.data, StoreHeatmap):
             # A run over the visible area finishes without finishing the slide.
-            self.complete = completed and bool(self.data.store.done_mask().all())
-            store_cache.prune(heatmap_cache_folder(), keep=(self.store_path,) if self.store_path else ())
+            self.complete = completed and self.runner.whole_store_done
+            # Sizing the cache walks every file of every stored heatmap: not on the main thread.
+            from viewer.gui.worker import run_in_background
+
+            keep = (self.store_path,) if self.store_path else ()
+            run_in_background(partial(store_cache.prune, keep=keep), heatmap_cache_folder(),
+                              on_result=lambda _removed: None, on_error=lambda _exc: None)
         done = min(1.0, self._cells_done / self._todo_cells) if self._todo_cells else 0
         again = "continues it" if self.store_path is not None else "restarts it"
         if completed and self.complete:

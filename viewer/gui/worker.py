@@ -11,7 +11,7 @@ import gc
 import itertools
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -226,6 +226,10 @@ class HeatmapRunner(QObject):
         self._current: HeatmapRequest | None = None
         self._cancel: threading.Event | None = None
         self._worker: GeneratorWorker | None = None
+        self.whole_store_done = False
+        """After a completed run: whether every chunk of its store is done (a run over the
+        visible area completes without finishing the slide); True for runs without a store.
+        Read in the worker: listing thousands of chunk folders must not happen on the main thread."""
 
     @property
     def current(self) -> HeatmapRequest | None:
@@ -279,9 +283,10 @@ class HeatmapRunner(QObject):
         _ij, tile = item
         self.tile_ready.emit(request, tile.rows, tile.cols, tile.probabilities)
 
-    def _on_done(self, request: HeatmapRequest, _result: object) -> None:
+    def _on_done(self, request: HeatmapRequest, whole_store_done: object) -> None:
         if request is self._current:
             self._current = self._cancel = self._worker = None
+            self.whole_store_done = bool(whole_store_done)
             self.finished.emit(request, True)
 
     def _on_error(self, request: HeatmapRequest, exc: BaseException) -> None:
@@ -290,11 +295,11 @@ class HeatmapRunner(QObject):
             self.failed.emit(request, describe_error(exc))
 
 
-def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator[Any]:
+def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Generator[Any, None, bool]:
     """Worker-thread generator: a :class:`PlannedRun` first, then ``((i, j), HeatmapTile)`` per
     chunk from the slide engine (written to the store first when there is one), until done or
-    cancelled. Planning (tissue detection on a low level, opening the store) happens here too,
-    off the main thread."""
+    cancelled; returns whether the whole store is done (True without a store). Planning (tissue
+    detection on a low level, opening the store) happens here too, off the main thread."""
     from viewer.heatmap.slide_run import (
         SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, plan_slide_heatmap, run_to_store,
         settle_precision,
@@ -317,18 +322,19 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Iterator
     overviews = None if store is None else {kind: store.read_overview(kind) for kind in ("mean", "max")}
     yield PlannedRun(plan, store, int(sum(int(counts[ij]) for ij in chunks)), overviews)
     if cancel.is_set():
-        return
+        return False
     tiles = run_to_store(plan, request.model, store, chunks=chunks) if store is not None else iter_slide_heatmap(
         plan, request.model, chunks)
     try:
         for item in tiles:
             if cancel.is_set():
-                return
+                return False
             yield item
             if cancel.is_set():
-                return
+                return False
     finally:
         tiles.close()  # stop the engine now, in this thread, not whenever it is collected
+    return store is None or bool(store.done_mask().all())
 
 
 def _chunk_meets(plan: Any, ij: tuple[int, int], rect: tuple[float, float, float, float]) -> bool:
