@@ -168,6 +168,12 @@ class AnnotationTools(QObject):
         for shortcut in self._finish_keys:
             shortcut.setEnabled(False)
             shortcut.activated.connect(self.finish_polygon)
+        # Esc drops a region being drawn. It is also Analysis › Cancel's key, which gives it up
+        # while drawing (two enabled shortcuts on one key would both be ambiguous and do nothing).
+        self._cancel_key = QShortcut(QKeySequence(Qt.Key.Key_Escape), window)
+        self._cancel_key.setEnabled(False)
+        self._cancel_key.activated.connect(self.cancel_draft)
+        self._lent_shortcuts: list[QKeySequence] | None = None
         panel.current_class_chosen.connect(self.set_current_class)
         panel.reclass_requested.connect(self._reclass)
         editor.selection_changed.connect(self._selection_changed)
@@ -307,8 +313,22 @@ class AnnotationTools(QObject):
     def cancel_draft(self) -> None:
         self.draft = []
         self._draft_item.setVisible(False)
+        self._drafting(False)
+
+    def _drafting(self, on: bool) -> None:
+        """Enter and Esc finish or drop the region being drawn, only while there is one."""
         for shortcut in self._finish_keys:
-            shortcut.setEnabled(False)
+            shortcut.setEnabled(on and self.tool is Tool.POLYGON)
+        self._cancel_key.setEnabled(on)
+        cancel = getattr(getattr(self._window, "actions", None), "cancel_heatmap", None)
+        if cancel is None:
+            return
+        if on and self._lent_shortcuts is None:
+            self._lent_shortcuts = cancel.shortcuts()
+            cancel.setShortcuts([k for k in self._lent_shortcuts if k != QKeySequence(Qt.Key.Key_Escape)])
+        elif not on and self._lent_shortcuts is not None:
+            cancel.setShortcuts(self._lent_shortcuts)
+            self._lent_shortcuts = None
 
     def finish_polygon(self) -> None:
         corners = self.draft
@@ -393,11 +413,11 @@ class AnnotationTools(QObject):
                     return
             self.draft.append((x, y))
             self._show_draft()
-            for shortcut in self._finish_keys:
-                shortcut.setEnabled(True)
+            self._drafting(True)
         elif self.tool is Tool.FREEHAND:
             self.draft = [(x, y)]
             self._show_draft()
+            self._drafting(True)
 
     def _drag(self, event: QMouseEvent) -> None:
         if self._start is None:

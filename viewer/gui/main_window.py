@@ -221,7 +221,6 @@ class MainWindow(QMainWindow):
         documents.annotations_changed.connect(self.annotation_editor.reset)
         documents.before_replace = self.annotation_editor.maybe_save
         self.annotation_editor.agreement_due.connect(self.agreement_controller.update)
-        a.cancel_heatmap.triggered.connect(self.annotation_tools.cancel_draft)
         documents.image_opened.connect(self.image_opened)
         documents.open_failed.connect(self.open_failed)
         self.model_controller.ready.connect(self.model_ready)
