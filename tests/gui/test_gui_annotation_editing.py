@@ -80,8 +80,10 @@ def test_add_move_delete_reclass_and_exact_undo_redo(qtbot, editing):
     assert not window.isWindowModified()
 
     tools.set_tool(Tool.POINTS)
+    untouched = window.annotation_layer._items["non_tumor"]
     click(qtbot, window, 90.0, 70.0)
     states.append(window.annotations)
+    assert window.annotation_layer._items["non_tumor"] is untouched  # only the edited class is redrawn
     click(qtbot, window, 120.0, 95.0)
     states.append(window.annotations)
     added = pixels(window, "tumor")[-2:]

@@ -53,25 +53,52 @@ def region_style(name: str, selected: bool = False) -> tuple[QPen, QBrush]:
 
 
 class AnnotationLayer:
+    """Draws an :class:`Annotations` value; redraws only what changed since the last one.
+
+    Edits replace only the arrays of the classes they touch and the regions they change (the
+    rest is shared between the old and new value), so comparing by identity finds what to
+    redraw: a click on a slide with 100,000 points rebuilds one class, not all of them.
+    """
+
     def __init__(self, canvas: Canvas) -> None:
         self._canvas = canvas
         self._items: dict[str, tuple[pg.ScatterPlotItem, pg.ScatterPlotItem]] = {}
-        self._region_items: list[QGraphicsPathItem] = []
+        self._drawn_points: dict[str, tuple[np.ndarray, int]] = {}  # class -> (array drawn, stacking order)
+        self._region_items: list[tuple[Region, bool, QGraphicsPathItem]] = []  # (region, selected, item)
         self._selection_item: pg.ScatterPlotItem | None = None
+        self._size = (0, 0)
         self._visible = True
         self._hidden: frozenset[str] = frozenset()
         self._regions: tuple[Region, ...] = ()
-        self._selected_regions: set[int] = set()
 
     def set_annotations(self, annotations: Annotations | None, width: int, height: int,
                         selection: Selection | None = None) -> None:
-        self._clear()
+        if annotations is None or (width, height) != self._size:
+            self._clear()
+            self._size = (width, height)
         if annotations is None:
             return
+        self._draw_points(annotations, width, height)
+        self._draw_regions(annotations, selection)
+        self._draw_selection(annotations, width, height, selection)
+        self._apply()
+
+    def _draw_points(self, annotations: Annotations, width: int, height: int) -> None:
+        view = self._canvas.view
+        wanted = {}
         for order, name in enumerate(annotations.classes):
+            if len(annotations.normalised(name)):
+                wanted[name] = (annotations.points[name], order)
+        for name in list(self._items):
+            drawn = self._drawn_points[name]
+            if name not in wanted or wanted[name][0] is not drawn[0] or wanted[name][1] != drawn[1]:
+                for item in self._items.pop(name):
+                    view.removeItem(item)
+                del self._drawn_points[name]
+        for name, (array, order) in wanted.items():
+            if name in self._items:
+                continue  # unchanged: the same array as drawn
             points = annotations.pixel_points(name, width, height)
-            if not len(points):
-                continue
             colour = class_colour(name)
             outline = pg.ScatterPlotItem(
                 pos=points, size=MARKER_SIZE, symbol="o", pen=_OUTLINE, brush=None, pxMode=True, antialias=True
@@ -84,15 +111,34 @@ class AnnotationLayer:
             self._canvas.add_item(outline, Z_ANNOTATIONS + 2 * order, ignore_bounds=True)
             self._canvas.add_item(ring, Z_ANNOTATIONS + 2 * order + 1, ignore_bounds=True)
             self._items[name] = (outline, ring)
-        self._regions = annotations.regions
-        self._selected_regions = set(selection.regions) if selection else set()
+            self._drawn_points[name] = (array, order)
+
+    def _draw_regions(self, annotations: Annotations, selection: Selection | None) -> None:
+        view = self._canvas.view
+        chosen = set(selection.regions) if selection else set()
+        old = self._region_items
+        self._region_items = []
         for k, region in enumerate(annotations.regions):
+            selected = k in chosen
+            if k < len(old) and old[k][0] is region and old[k][1] == selected:
+                self._region_items.append(old[k])
+                old[k] = None  # kept
+                continue
             item = QGraphicsPathItem(region_path(region))
-            pen, brush = region_style(region.name, k in self._selected_regions)
+            pen, brush = region_style(region.name, selected)
             item.setPen(pen)
             item.setBrush(brush)
-            self._canvas.add_item(item, Z_REGIONS + (1 if k in self._selected_regions else 0), ignore_bounds=True)
-            self._region_items.append(item)
+            self._canvas.add_item(item, Z_REGIONS + (1 if selected else 0), ignore_bounds=True)
+            self._region_items.append((region, selected, item))
+        for entry in old:
+            if entry is not None:
+                view.removeItem(entry[2])
+        self._regions = annotations.regions
+
+    def _draw_selection(self, annotations: Annotations, width: int, height: int, selection: Selection | None) -> None:
+        if self._selection_item is not None:
+            self._canvas.view.removeItem(self._selection_item)
+            self._selection_item = None
         if selection and selection.points:
             chosen = [annotations.pixel_points(n, width, height)[list(i)] for n, i in selection.points.items()]
             self._selection_item = pg.ScatterPlotItem(
@@ -100,7 +146,6 @@ class AnnotationLayer:
                 pxMode=True, antialias=True,
             )
             self._canvas.add_item(self._selection_item, Z_SELECTION, ignore_bounds=True)
-        self._apply()
 
     def _clear(self) -> None:
         view = self._canvas.view
@@ -108,9 +153,11 @@ class AnnotationLayer:
             view.removeItem(outline)
             view.removeItem(ring)
         self._items.clear()
-        for item in self._region_items:
+        self._drawn_points.clear()
+        for _, _, item in self._region_items:
             view.removeItem(item)
         self._region_items.clear()
+        self._regions = ()
         if self._selection_item is not None:
             view.removeItem(self._selection_item)
             self._selection_item = None
@@ -140,7 +187,7 @@ class AnnotationLayer:
             shown = self._visible and name not in self._hidden
             for item in items:
                 item.setVisible(shown)
-        for region, item in zip(self._regions, self._region_items):
+        for region, _, item in self._region_items:
             item.setVisible(self._visible and region.name not in self._hidden)
         if self._selection_item is not None:
             self._selection_item.setVisible(self._visible)
