@@ -292,7 +292,7 @@ class AnnotationEditor(QObject):
         if self.save_path is not None:
             suggested = str(self.save_path)
         else:  # whole slides go to QuPath; single fields keep BreCaHAD's layout
-            suffix = ".geojson" if len(getattr(slide, "levels", ())) > 1 else ".json"
+            suffix = ".geojson" if len(slide.native_levels) > 1 else ".json"
             suggested = str(Path(slide.path).with_suffix(suffix))
         answer = dialogs.ask_save_path(self._window, "Save Annotations As", suggested, SAVE_FILTER, ".json")
         if answer is None:
@@ -356,8 +356,11 @@ class AnnotationEditor(QObject):
         answer = QMessageBox.question(
             self._window, "Restore unsaved annotations?",
             f"HistoViewer did not close normally. Unsaved annotation edits of {newest.image.name} from {when} "
-            "were kept. Open the image and restore them?", Button.Yes | Button.No, Button.Yes,
+            "were kept. Open the image and restore them? (Discard deletes them; Cancel asks again when the "
+            "image is opened.)", Button.Yes | Button.Discard | Button.Cancel, Button.Yes,
         )
+        if answer == Button.Discard:
+            remove_recovery(self.recovery_folder, newest.image)
         if answer != Button.Yes:
             return False
         self._restore_next = newest.image.absolute()

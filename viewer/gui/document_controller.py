@@ -158,6 +158,8 @@ class DocumentController(QObject):
         self._settings.set_last_folder("annotations", path)
         self._document.annotations = annotations
         self._show_annotations()
+        if annotations.notes:  # e.g. unknown classes kept, points outside the image skipped
+            self._status.showMessage(f"{Path(path).name}: {'; '.join(annotations.notes)}", 15000)
         return True
 
     def _show_annotations(self) -> None:
