@@ -357,3 +357,20 @@ def test_points_stay_in_level0_pixels_on_a_zoomed_whole_slide(qtbot, make_window
     assert window.annotation_editor.selection.points == {"tumor": (0,)}
     assert window.annotation_editor.save_path is None
     leave_saved(window)
+
+
+def test_a_qupath_file_with_unknown_classes_is_kept_and_said(qtbot, editing, small_image):
+    window = editing
+    qupath = small_image.parent / "qupath.geojson"
+    qupath.write_text(json.dumps([
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[10, 10], [20, 30], [5000, 5]]},
+         "properties": {"classification": {"name": "Stroma", "color": [150, 200, 150]}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[1, 1], [50, 1], [50, 50], [1, 1]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Ignore*"}}},
+    ]))
+    assert window.load_annotations_file(qupath)
+    assert "Stroma" in window.annotations.classes and len(pixels(window, "Stroma")) == 2
+    message = window.status.currentMessage()
+    assert "'Stroma'" in message and "1 point(s) outside" in message
+    assert window.layers_panel.count_text("Stroma") == "2"
+    assert [r.name for r in window.annotations.regions] == [IGNORE_CLASS]
