@@ -1,10 +1,11 @@
 """Which positions fall inside regions, and the regions of an image (for training and evaluation).
 
 ``points_in_regions`` is the test a window sampler needs: given the (x, y) level-0 centres of
-windows, which of them lie inside, say, the ``ignore`` regions of the image. It is vectorised
-(crossing number, even-odd rule, over each ring's edges) with a bounding-box test first, and
-works in blocks of points, so a whole slide's window centres never make an array of
-``points x edges``.
+windows, which of them lie inside, say, the ``ignore`` regions of the image. Each ring is
+tested with matplotlib's compiled crossing-number test (``Path.contains_points``: the even-odd
+rule) after a bounding-box test, in blocks of points; rings combine by XOR, so holes and
+multi-part regions follow the even-odd rule too. About 1 s for every window centre of a
+BreCaHAD image against a 500-corner freehand outline.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import numpy as np
 
 from viewer.annotations.model import IGNORE_CLASS, Region
 
-_BLOCK = 65536
-"""Points tested at once: bounds the (points x edge-chunk) temporaries to a few MB."""
-_EDGE_CHUNK = 64
+_BLOCK = 1 << 20
+"""Points tested at once: bounds the temporaries whatever the number of window centres."""
 
 
 def points_in_rings(xy: np.ndarray, rings: Sequence[np.ndarray]) -> np.ndarray:
@@ -43,19 +43,10 @@ def points_in_rings(xy: np.ndarray, rings: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _crossings_odd(xy: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """For each point, whether a ray to +x crosses the ring's edges an odd number of times."""
-    px, py = xy[:, 0:1], xy[:, 1:2]
-    ax, ay = ring[:, 0], ring[:, 1]
-    bx, by = np.roll(ax, -1), np.roll(ay, -1)
-    odd = np.zeros(len(xy), dtype=bool)
-    for e in range(0, len(ring), _EDGE_CHUNK):
-        sl = slice(e, e + _EDGE_CHUNK)
-        eax, eay, ebx, eby = ax[sl], ay[sl], bx[sl], by[sl]
-        straddles = (eay > py) != (eby > py)  # half-open: a vertex on the ray counts once
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_cross = eax + (py - eay) * (ebx - eax) / (eby - eay)
-        odd ^= (np.count_nonzero(straddles & (px < x_cross), axis=1) % 2).astype(bool)
-    return odd
+    """For each point, whether a ray from it crosses the ring an odd number of times."""
+    from matplotlib.path import Path as RingPath  # matplotlib's C++ point-in-path, no pyplot
+
+    return RingPath(ring).contains_points(xy)
 
 
 def points_in_regions(xy: np.ndarray, regions: Iterable[Region], names: Iterable[str] | None = None) -> np.ndarray:
