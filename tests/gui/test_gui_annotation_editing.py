@@ -374,3 +374,28 @@ def test_a_qupath_file_with_unknown_classes_is_kept_and_said(qtbot, editing, sma
     assert "'Stroma'" in message and "1 point(s) outside" in message
     assert window.layers_panel.count_text("Stroma") == "2"
     assert [r.name for r in window.annotations.regions] == [IGNORE_CLASS]
+
+
+def test_exported_overlay_shows_the_edited_regions_like_the_cli(qtbot, editing, export_to, small_image, model_file,
+                                                                 tmp_path):
+    from PIL import Image
+
+    from viewer.cli import main as cli_main
+
+    window, editor = editing, editing.annotation_editor
+    editor.add_region(np.array([[20, 20], [90, 25], [80, 90], [25, 80]]), IGNORE_CLASS)
+    editor.add_region(np.array([[110, 30], [180, 40], [150, 120]]), "tumor")
+    editor.save()  # BreCaHAD JSON + regions sidecar, where the CLI finds them
+    window.layers_panel._class_boxes["non_tumor"].setChecked(False)  # hiding a class keeps the ignore region
+    window.actions.show_heatmap.trigger()
+    gui_file = tmp_path / "gui.png"
+    export_to(window, window.actions.export_overlay, gui_file)
+    cli_file = tmp_path / "cli.png"
+    assert cli_main(["export", str(small_image), "--out", str(cli_file), "--no-heatmap", "--classes",
+                     ",".join(c for c in window.annotations.classes if c != "non_tumor") + f",{IGNORE_CLASS}",
+                     "--quiet"]) == 0
+    gui, cli = np.asarray(Image.open(gui_file)), np.asarray(Image.open(cli_file))
+    assert np.array_equal(gui, cli)
+    plain = window.document.opened.slide.read_all()
+    assert (gui[30:70, 30:70] != plain[30:70, 30:70]).any()  # the ignore region is drawn
+    assert (gui[60, 140] != plain[60, 140]).any()  # and the tumour region
