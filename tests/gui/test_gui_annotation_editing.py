@@ -204,6 +204,7 @@ def test_save_writes_brecahad_with_a_sidecar_and_keeps_the_original(qtbot, editi
     saved = load_annotations(truth)
     assert_close(saved, window.annotations)
     assert "small.regions.geojson" in window.status.currentMessage()  # the user is told where regions went
+    assert "small.regions.geojson" in window.layers_panel.annotations_source.text()  # and it stays said
     editor.add_point(70, 70, "tumor")  # a second save keeps the first original
     tools.save.trigger()
     assert truth.with_name("small.json.orig").read_bytes() == original

@@ -23,7 +23,14 @@ from PySide6.QtCore import QObject, QStandardPaths, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from viewer.annotations import TUMOUR_CLASS, Annotations, Region, class_label, save_annotation_file
+from viewer.annotations import (
+    TUMOUR_CLASS,
+    Annotations,
+    Region,
+    class_label,
+    regions_sidecar_for,
+    save_annotation_file,
+)
 from viewer.annotations import edits
 from viewer.annotations.edits import Selection
 from viewer.annotations.recovery import Recovery, find_recovery, list_recoveries, remove_recovery, write_recovery
@@ -151,6 +158,9 @@ class AnnotationEditor(QObject):
             self._panel.update_counts(None)
             return
         parts = [self.save_path.name if self.save_path else "not saved yet"]
+        if self.save_path is not None and self.save_path.suffix.lower() != ".geojson" and annotations.regions:
+            # BreCaHAD's layout has no regions: say where they are kept.
+            parts[0] += f" (regions: {regions_sidecar_for(self.save_path).name})"
         if annotations.notes and self.undo_stack.count() == 0:
             parts.append("; ".join(annotations.notes))
         self._panel.update_counts(annotations.counts(), " — ".join(parts), annotations.region_counts())
