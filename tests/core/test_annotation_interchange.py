@@ -63,6 +63,7 @@ def square(x: float, y: float, side: float) -> list[list[float]]:
 def test_point_round_trips_are_lossless_to_1e6_of_the_image(tmp_path, first):
     ann = random_annotations(1)
     ann.points["Stroma"] = np.array([[0.25, 0.75]])  # an unknown class survives both ways
+    ann.extra["meta"] = {"annotator": "A"}  # and so do BreCaHAD entries that are not points
     second = ".geojson" if first == ".json" else ".json"
     a, b, c = tmp_path / f"a{first}", tmp_path / f"b{second}", tmp_path / f"c{first}"
     save_annotation_file(ann, a, SIZE)
@@ -74,6 +75,7 @@ def test_point_round_trips_are_lossless_to_1e6_of_the_image(tmp_path, first):
         assert back.normalised(name).shape == ann.normalised(name).shape
         assert np.abs(back.normalised(name) - ann.normalised(name)).max(initial=0) <= 1e-6, name
     assert any("Stroma" in note for note in back.notes)  # kept, and said
+    assert back.extra == {"meta": {"annotator": "A"}}
 
 
 def test_geojson_follows_qupath_conventions(tmp_path):

@@ -36,6 +36,10 @@ QUPATH_NAMES = {
 }
 """The name a class is written under (``Tumor`` and ``Ignore*`` are QuPath's built-in classes)."""
 
+EXTRA_MEMBER = "brecahad_extra"
+"""A FeatureCollection member (GeoJSON allows foreign members; QuPath ignores them) that keeps a
+BreCaHAD file's entries that are not point lists, so BreCaHAD -> GeoJSON -> BreCaHAD loses nothing."""
+
 DECIMALS = 6
 """Pixel coordinates are written to 1e-6 px: far below the 1e-6 of the image size a round trip keeps."""
 
@@ -164,7 +168,9 @@ def parse_geojson(
                      + ", ".join(repr(n[:40]) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
     if detections:
         notes.append(f"{detections} QuPath detection(s) were read like annotations")
-    return Annotations(points=merged, source=where, notes=tuple(notes), regions=tuple(regions))
+    extra = data.get(EXTRA_MEMBER) if isinstance(data, dict) else None
+    return Annotations(points=merged, source=where, notes=tuple(notes), regions=tuple(regions),
+                       extra=dict(extra) if isinstance(extra, dict) else {})
 
 
 def _class_of(properties: dict, label: str, where: Path | None) -> str:
@@ -274,7 +280,10 @@ def annotations_to_geojson(annotations: Annotations, size: tuple[int, int]) -> d
         features.append({"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": _round(xy)},
                          "properties": _properties(name)})
     features.extend(region_features(annotations.regions))
-    return {"type": "FeatureCollection", "features": features}
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if annotations.extra:
+        collection[EXTRA_MEMBER] = annotations.extra
+    return collection
 
 
 def write_geojson(annotations: Annotations, path: str | Path, size: tuple[int, int], *, force: bool = True) -> None:
