@@ -15,7 +15,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QMessageBox
 
-from tests.gui.synthetic_slides import SyntheticSlide
+from .synthetic_slides import SyntheticSlide
 from viewer.annotations import IGNORE_CLASS, load_annotation_file, load_annotations
 from viewer.annotations.recovery import find_recovery
 from viewer.gui.annotation_tools import Tool
