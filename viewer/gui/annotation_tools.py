@@ -174,6 +174,9 @@ class AnnotationTools(QObject):
         self._cancel_key.setEnabled(False)
         self._cancel_key.activated.connect(self.cancel_draft)
         self._lent_shortcuts: list[QKeySequence] | None = None
+        rectangle = getattr(getattr(window, "actions", None), "run_rectangle", None)
+        if rectangle is not None:  # the analysis box is moved with the mouse: back to Navigate
+            rectangle.toggled.connect(lambda on: on and self.set_tool(Tool.NAVIGATE))
         panel.current_class_chosen.connect(self.set_current_class)
         panel.reclass_requested.connect(self._reclass)
         editor.selection_changed.connect(self._selection_changed)
