@@ -276,6 +276,9 @@ class AnnotationTools(QObject):
             viewport.unsetCursor()
         else:
             viewport.setCursor(Qt.CursorShape.ArrowCursor if tool is Tool.SELECT else Qt.CursorShape.CrossCursor)
+            picker = getattr(self._window, "region_picker", None)
+            if picker is not None and picker.active:
+                picker.cancel()  # one thing at a time under the mouse (and on Enter)
             show = getattr(self._window, "actions", None)
             if show is not None and not show.show_annotations.isChecked():
                 show.show_annotations.setChecked(True)  # editing what one cannot see helps nobody
