@@ -160,7 +160,7 @@ class AnnotationEditor(QObject):
         parts = [self.save_path.name if self.save_path else "not saved yet"]
         if self.save_path is not None and self.save_path.suffix.lower() != ".geojson" and annotations.regions:
             # BreCaHAD's layout has no regions: say where they are kept.
-            parts[0] += f" (regions: {regions_sidecar_for(self.save_path).name})"
+            parts[0] += f" (regions go to {regions_sidecar_for(self.save_path).name})"
         if annotations.notes and self.undo_stack.count() == 0:
             parts.append("; ".join(annotations.notes))
         self._panel.update_counts(annotations.counts(), " — ".join(parts), annotations.region_counts())
