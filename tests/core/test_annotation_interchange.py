@@ -358,3 +358,13 @@ def test_convert_bad_input_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "o.json").exists()
     nowhere = write_json(tmp_path / "lonely.geojson", [feature({"type": "Point", "coordinates": [1, 1]})])
     assert main(["annotations", "convert", str(nowhere), "--out", str(tmp_path / "o.geojson")]) == 2
+
+
+def test_convert_over_ground_truth_keeps_the_original(tmp_path, capsys):
+    image, truth = make_dataset(tmp_path)
+    original = truth.read_bytes()
+    geo = tmp_path / "edited.geojson"
+    assert main(["annotations", "convert", str(truth), "--out", str(geo)]) == 0
+    assert main(["annotations", "convert", str(geo), "--out", str(truth), "--force"]) == 0
+    assert "img.json.orig" in capsys.readouterr().err
+    assert truth.with_name("img.json.orig").read_bytes() == original

@@ -18,7 +18,8 @@ Work with annotation files.
       IN may be either (QuPath's FeatureCollection, a Feature or a list of Features); OUT's
       ending chooses: .geojson writes GeoJSON, anything else BreCaHAD JSON. Regions cannot be
       stored in BreCaHAD JSON: they go to OUT's sidecar <stem>.regions.geojson, and the command
-      says so. The image supplies the size that turns pixels into normalised coordinates:
+      says so. Overwriting a dataset's groundTruth/<stem>.json (--force) keeps the original once,
+      as <stem>.json.orig. The image supplies the size that turns pixels into normalised coordinates:
       --image, or else the image found beside IN (images/<stem>.* for groundTruth/<stem>.json).
 """
 
@@ -80,7 +81,7 @@ def run_convert(args) -> int:
     if size is None and out.suffix.lower() == ".geojson":
         raise InputError("GeoJSON is in pixels: give the image the annotations belong to with --image IMAGE "
                          "(no image was found beside the file)", source)
-    report = save_annotation_file(annotations, out, size, force=args.force, keep_original=False)
+    report = save_annotation_file(annotations, out, size, force=args.force)  # over groundTruth/: keeps .orig
     points = sum(annotations.counts().values())
     classes = sum(1 for n in annotations.counts().values() if n)
     detail = f"{points} point{'s' if points != 1 else ''} in {classes} class{'es' if classes != 1 else ''}"
