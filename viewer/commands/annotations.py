@@ -20,7 +20,7 @@ Work with annotation files.
       stored in BreCaHAD JSON: they go to OUT's sidecar <stem>.regions.geojson, and the command
       says so. Overwriting a dataset's groundTruth/<stem>.json (--force) keeps the original once,
       as <stem>.json.orig. The image supplies the size that turns pixels into normalised coordinates:
-      --image, or else the image found beside IN (images/<stem>.* for groundTruth/<stem>.json).
+      --image, or else the image found beside IN or OUT (images/<stem>.* for groundTruth/<stem>.json).
 """
 
 
@@ -44,11 +44,12 @@ def register(subparsers) -> None:
     convert.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def image_size_for(annotation: Path, image: str | None) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) from ``--image`` or the image found beside the annotation file, and its name."""
+def image_size_for(annotation: Path, image: str | None, out: Path | None = None) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) from ``--image`` or the image found beside the input (else the output)
+    annotation file, and its name."""
     from viewer.slide import open_slide
 
-    path = Path(image) if image is not None else find_image_for(annotation)
+    path = Path(image) if image is not None else find_image_for(annotation) or (find_image_for(out) if out else None)
     if path is None:
         return None, None
     with open_slide(path) as slide:  # the header only: a whole slide's size costs nothing to read
@@ -76,7 +77,7 @@ def run_convert(args) -> int:
     check_writable(out, force=args.force)
     if out.exists() and source.exists() and out.resolve() == source.resolve():
         raise InputError("is also the input; write the converted file somewhere else", out)
-    size, image_name = image_size_for(source, args.image)
+    size, image_name = image_size_for(source, args.image, out)
     annotations = load_annotation_file(source, size)
     if size is None and out.suffix.lower() == ".geojson":
         raise InputError("GeoJSON is in pixels: give the image the annotations belong to with --image IMAGE "
