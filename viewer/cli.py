@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from viewer import __version__
 from viewer.errors import InputError
 
-COMMANDS = ("prepare", "train", "evaluate", "heatmap", "export", "info", "export-geojson", "batch")
+COMMANDS = ("prepare", "train", "evaluate", "heatmap", "export", "info", "export-geojson", "batch", "annotations")
 """Headless subcommands, in the order of the paper's pipeline."""
 
 PROG = "histoviewer"

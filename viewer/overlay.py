@@ -1,4 +1,4 @@
-"""Drawing the overlay: image + heatmap + annotation markers (+ legend), at any output scale.
+"""Drawing the overlay: image + heatmap + annotation regions and markers (+ legend), at any output scale.
 
 One painter, two callers: :func:`compose` paints an image held in memory at full resolution,
 and :mod:`viewer.export.render` paints blocks of a slide read at a downsample. Both go through
@@ -117,6 +117,14 @@ def annotation_points(annotations: Any, width: int, height: int, visible: Sequen
     return {name: pts for name, pts in items.items() if len(pts)}
 
 
+def annotation_regions(annotations: Any, visible: Sequence[str] | frozenset[str] | None = None) -> list[tuple[str, tuple[np.ndarray, ...]]]:
+    """``[(class, level-0 rings)]`` of the regions to draw (an Annotations' ``regions``; a plain
+    mapping of points has none), filtered by ``visible`` like the points."""
+    regions = getattr(annotations, "regions", ()) if annotations is not None else ()
+    wanted = None if visible is None else set(visible)
+    return [(r.name, tuple(r.rings)) for r in regions if wanted is None or r.name in wanted]
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the output lies on the slide
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +176,12 @@ class OutputFrame:
             pts = (np.asarray(pts, dtype=np.float64).reshape(-1, 2) - (self.x, self.y)) / d
             out[name] = pts[np.argsort(pts[:, 1], kind="stable")]
         return out
+
+    def regions_to_output(self, regions: Sequence[tuple[str, tuple[np.ndarray, ...]]]) -> list[tuple[str, tuple[np.ndarray, ...]]]:
+        """Level-0 region rings in output pixel coordinates."""
+        d = self.downsample
+        return [(name, tuple((np.asarray(r, dtype=np.float64) - (self.x, self.y)) / d for r in rings))
+                for name, rings in regions]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +416,70 @@ def markers_near(points: Mapping[str, np.ndarray], block: tuple[int, int, int, i
     return near
 
 
+REGION_FILL = 0.18
+"""Opacity of a region's tint in its class colour (the outline is opaque)."""
+IGNORE_HATCH = (40, 40, 40)
+"""Ignore regions are hatched: every 8th diagonal of output pixels is drawn in this colour."""
+REGION_OUTLINE_PX = 2
+
+
+def draw_regions(out: np.ndarray, regions: Sequence[tuple[str, tuple[np.ndarray, ...]]],
+                 offset: tuple[int, int] = (0, 0)) -> None:
+    """Tint, hatch (``ignore``) and outline regions on ``out`` in place, as the canvas draws them.
+
+    ``regions`` are ``(class, rings)`` in output pixel coordinates; ``out`` is the block whose
+    top-left pixel is ``offset``. A pixel belongs to a region when its centre is inside by the
+    even-odd rule, and the outline is the region's own pixels within 2 px of its border, so
+    every block of a tiled export paints exactly the pixels a single pass would.
+    """
+    from viewer.annotations.model import IGNORE_CLASS
+    from viewer.annotations.regions import points_in_rings
+
+    height, width = out.shape[:2]
+    ox, oy = int(offset[0]), int(offset[1])
+    pad = REGION_OUTLINE_PX
+    for name, rings in regions:
+        xy = np.concatenate(rings)
+        x0 = max(int(np.floor(xy[:, 0].min())) - pad, ox - pad)
+        x1 = min(int(np.ceil(xy[:, 0].max())) + pad + 1, ox + width + pad)
+        y0 = max(int(np.floor(xy[:, 1].min())) - pad, oy - pad)
+        y1 = min(int(np.ceil(xy[:, 1].max())) + pad + 1, oy + height + pad)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        gy, gx = np.mgrid[y0:y1, x0:x1]
+        centres = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5], axis=1)
+        inside = points_in_rings(centres, rings).reshape(gy.shape)
+        if not inside.any():
+            continue
+        # Border: inside pixels with an outside pixel within ``pad`` px along a row or column.
+        interior = inside.copy()
+        for k in range(1, pad + 1):
+            interior[k:, :] &= inside[:-k, :]
+            interior[:-k, :] &= inside[k:, :]
+            interior[:, k:] &= inside[:, :-k]
+            interior[:, :-k] &= inside[:, k:]
+            interior[:k, :] = interior[-k:, :] = False
+            interior[:, :k] = interior[:, -k:] = False
+        # The window of the mask that lies on this block.
+        bx0, by0 = max(x0, ox), max(y0, oy)
+        bx1, by1 = min(x1, ox + width), min(y1, oy + height)
+        if bx1 <= bx0 or by1 <= by0:
+            continue
+        mask_window = (slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
+        out_window = (slice(by0 - oy, by1 - oy), slice(bx0 - ox, bx1 - ox))
+        fill = interior[mask_window]
+        border = (inside & ~interior)[mask_window]
+        target = out[out_window]
+        colour = np.array(_class_colour(name), dtype=np.float32)
+        if name == IGNORE_CLASS:
+            hatch = ((gx + gy) % 8 == 0)[mask_window] & fill
+            target[hatch] = IGNORE_HATCH
+        else:
+            tinted = target[fill].astype(np.float32) * (1 - REGION_FILL) + colour * REGION_FILL
+            target[fill] = np.rint(tinted).astype(np.uint8)
+        target[border] = colour.astype(np.uint8)
+
+
 def paint_layers(
     out: np.ndarray,
     frame: OutputFrame,
@@ -409,12 +487,14 @@ def paint_layers(
     heatmap: HeatmapData | CellSampler | None,
     markers: Mapping[str, np.ndarray],
     style: OverlayStyle,
+    regions: Sequence[tuple[str, tuple[np.ndarray, ...]]] = (),
 ) -> None:
-    """Paint the heatmap and the markers onto ``out``, the block of ``frame``'s output whose
-    top-left pixel is ``offset``, in place.
+    """Paint the heatmap, the regions and the markers onto ``out``, the block of ``frame``'s
+    output whose top-left pixel is ``offset``, in place.
 
     ``markers``: output-pixel points from :meth:`OutputFrame.to_output` (already filtered by
-    class). Layers the style hides are skipped.
+    class); ``regions``: output-pixel rings from :meth:`OutputFrame.regions_to_output`. Layers
+    the style hides are skipped.
     """
     h, w = out.shape[:2]
     block = (int(offset[0]), int(offset[1]), w, h)
@@ -422,6 +502,8 @@ def paint_layers(
         values = heatmap_values(heatmap, frame, block, style.smooth)
         if values is not None:
             blend_values(out, values, style)
+    if style.show_annotations and regions:
+        draw_regions(out, regions, offset=block[:2])
     if style.show_annotations and markers:
         draw_markers(out, markers_near(markers, block, style.marker_radius), style.marker_radius, offset=block[:2])
 
@@ -530,7 +612,8 @@ def compose(
 
     Layers, bottom to top: the image; the heatmap (if ``style.show_heatmap`` and ``heatmap`` is
     given; float ``(rows, cols)`` of :func:`viewer.heatmap.heatmap_shape` at ``style.stride``,
-    NaN = not computed = transparent) blended with ``style.opacity``; annotation rings (if
+    NaN = not computed = transparent) blended with ``style.opacity``; annotation regions (tinted,
+    ``ignore`` hatched, outlined) and rings (if
     ``style.show_annotations``; an :class:`~viewer.annotations.Annotations` or a mapping
     ``{class: (N, 2) pixel x, y}``, filtered by ``style.visible_classes``).
 
@@ -549,10 +632,12 @@ def compose(
     heatmap_shown = bool(style.show_heatmap and heatmap is not None)
     data = image_heatmap(heatmap, width, height, style.stride) if heatmap_shown else None
     points: dict[str, np.ndarray] = {}
+    regions: list = []
     if style.show_annotations and annotations is not None:
         points = annotation_points(annotations, width, height, style.visible_classes)
+        regions = annotation_regions(annotations, style.visible_classes)
     frame = OutputFrame(0.0, 0.0, 1.0, width, height)
-    paint_layers(out, frame, (0, 0), data, frame.to_output(points), style)
+    paint_layers(out, frame, (0, 0), data, frame.to_output(points), style, frame.regions_to_output(regions))
     if not style.legend:
         return out
     return add_legend(out, style, heatmap_shown, {name: len(pts) for name, pts in points.items()})

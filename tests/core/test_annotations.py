@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from viewer import annotations as annotations_module
+from viewer.annotations import files as annotations_module  # file reading lives here
 from viewer.annotations import (
     CLASS_COLOURS,
     CLASSES,

@@ -183,15 +183,16 @@ def heatmap_for_export(args, slide, out: Path, *, label: str = "heatmap") -> Ite
 
 def load_export_annotations(args, slide, notes: list[str]):
     """The annotations to draw (``--annotations``), or None; a note when 'auto' finds none."""
-    from viewer.annotations import find_annotations_for, load_annotations
+    from viewer.annotations import find_annotations_for, load_annotation_file
 
     if args.annotations == "auto":
         found = find_annotations_for(slide.path)
         if found is None:
             notes.append(f"no annotations found for {slide.name}; exported without markers")
             return None
-        return load_annotations(found)
-    return load_annotations(args.annotations)
+        return load_annotation_file(found, (slide.width, slide.height))
+    # BreCaHAD JSON or QuPath GeoJSON, read as the viewer reads them
+    return load_annotation_file(args.annotations, (slide.width, slide.height))
 
 
 def run(args) -> int:

@@ -1,8 +1,8 @@
 """The overlay of a slide region at a downsample, rendered block by block.
 
 :class:`OverlayRenderer` reads each output block from the slide level that is closest to the
-downsample without being coarser (area-averaging the remainder), then paints the heatmap and the
-annotation rings with :func:`viewer.overlay.paint_layers`, the same painter as
+downsample without being coarser (area-averaging the remainder), then paints the heatmap, the
+annotation regions and rings with :func:`viewer.overlay.paint_layers`, the same painter as
 :func:`viewer.overlay.compose`. At downsample 1 on a whole plain image the two are equal pixel
 for pixel. Memory is one block (a strip of rows, or a tile) at a time, never the whole output.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from viewer.overlay import CellSampler, OutputFrame, OverlayStyle, annotation_points, paint_layers
+from viewer.overlay import CellSampler, OutputFrame, OverlayStyle, annotation_points, annotation_regions, paint_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     from viewer.heatmap.data import HeatmapData
@@ -116,9 +116,12 @@ class OverlayRenderer:
         self.style = style
         self.frame = frame
         self._level0_points: dict[str, np.ndarray] = {}
+        self._level0_regions: list = []
         if style.show_annotations and annotations is not None:
             self._level0_points = annotation_points(annotations, slide.width, slide.height, style.visible_classes)
+            self._level0_regions = annotation_regions(annotations, style.visible_classes)
         self.markers = frame.to_output(self._level0_points)
+        self.regions = frame.regions_to_output(self._level0_regions)
 
     @classmethod
     def for_region(
@@ -139,7 +142,9 @@ class OverlayRenderer:
         other.slide, other.heatmap, other.style, other.frame = self.slide, self.heatmap, self.style, frame
         other._cells = self._cells
         other._level0_points = self._level0_points
+        other._level0_regions = self._level0_regions
         other.markers = frame.to_output(self._level0_points)
+        other.regions = frame.regions_to_output(self._level0_regions)
         return other
 
     def class_counts(self) -> dict[str, int]:
@@ -155,7 +160,7 @@ class OverlayRenderer:
     def block(self, ox: int, oy: int, w: int, h: int) -> np.ndarray:
         """Output pixels ``[oy, oy+h) x [ox, ox+w)`` as a new (h, w, 3) uint8 array."""
         out = np.array(read_slide_block(self.slide, self.frame, (ox, oy, w, h)), dtype=np.uint8, copy=True, order="C")
-        paint_layers(out, self.frame, (ox, oy), self._cells, self.markers, self.style)
+        paint_layers(out, self.frame, (ox, oy), self._cells, self.markers, self.style, self.regions)
         return out
 
     def strips(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:

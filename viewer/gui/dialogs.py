@@ -14,6 +14,7 @@ from viewer.slide import IMAGE_SUFFIXES
 
 IMAGE_FILTER = "Images ({});;All files (*)".format(" ".join(f"*{s}" for s in IMAGE_SUFFIXES))
 JSON_FILTER = "BreCaHAD annotations (*.json);;All files (*)"
+ANNOTATION_FILTER = "Annotations (*.json *.geojson);;BreCaHAD annotations (*.json);;QuPath GeoJSON (*.geojson);;All files (*)"
 MODEL_FILTER = "Keras models (*.keras);;All files (*)"
 
 

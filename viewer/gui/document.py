@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from viewer.annotations import Annotations, find_annotations_for, load_annotations
+from viewer.annotations import Annotations, find_annotations_for, load_annotation_file
 from viewer.errors import InputError
 from viewer.slide import SlideSource, open_slide
 
@@ -36,13 +36,17 @@ class Document:
 
 
 def read_image(path: str | Path, annotations_path: str | Path | None = None) -> OpenedImage:
-    """Open ``path`` and its annotations (``annotations_path`` or the BreCaHAD ground truth)."""
+    """Open ``path`` and its annotations (``annotations_path``, the BreCaHAD ground truth, or
+    ``<stem>.geojson`` beside the image)."""
     slide = open_slide(path)
     source = Path(annotations_path) if annotations_path is not None else find_annotations_for(slide.path)
+    if source is None:  # annotations saved beside a whole slide as QuPath GeoJSON
+        beside = Path(slide.path).with_suffix(".geojson")
+        source = beside if beside.is_file() else None
     annotations, problem = None, None
     if source is not None:
         try:
-            annotations = load_annotations(source)
+            annotations = load_annotation_file(source, (slide.width, slide.height))
         except InputError as exc:
             problem = str(exc)
     return OpenedImage(slide, annotations, problem)

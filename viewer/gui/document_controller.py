@@ -3,12 +3,14 @@
 An image is opened in a worker (document.read_image: the slide's header and the annotations,
 no pixels) before anything changes, so a file that cannot be opened leaves the window as it
 was, and a later open supersedes one still being opened. The canvas then reads the pixels it
-shows, tile by tile. Annotations are a few kB of JSON, read on the main thread. ``switched`` tells the
+shows, tile by tile. Annotations (BreCaHAD JSON or QuPath GeoJSON) are read on the main thread;
+replacing annotations with unsaved edits asks first (``before_replace``). ``switched`` tells the
 window to show the new document (or the placeholder); ``annotations_changed`` re-compares them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QWidget
 
-from viewer.annotations import load_annotations
+from viewer.annotations import load_annotation_file
 from viewer.errors import InputError
 from viewer.gui import dialogs
 from viewer.gui.annotation_layer import AnnotationLayer
@@ -49,6 +51,8 @@ class DocumentController(QObject):
         self._auto_run = auto_run  # Analysis › Run Heatmap on Open
         self._generation = 0  # of the latest open: an older read that finishes late is dropped
         self._shut_down = False
+        self.before_replace: Callable[[], bool] = lambda: True
+        """Asked before the annotations on screen are replaced (unsaved edits: Save/Discard/Cancel)."""
 
     # Images ---------------------------------------------------------------------------------
     def choose_image(self) -> None:
@@ -59,7 +63,7 @@ class DocumentController(QObject):
 
     def open_image(self, path: str | Path, annotations: str | Path | None = None) -> None:
         """Open ``path`` in the background; the window switches to it only if that succeeds."""
-        if self._shut_down:
+        if self._shut_down or not self.before_replace():
             return
         self._generation += 1
         self._status.showMessage(f"Opening {Path(path).name}…")
@@ -100,6 +104,8 @@ class DocumentController(QObject):
         self.open_failed.emit(message)
 
     def close_image(self) -> None:
+        if not self.before_replace():
+            return
         self._generation += 1
         self._heatmaps.stop()
         self._document.opened = None
@@ -108,6 +114,7 @@ class DocumentController(QObject):
         self._annotation_layer.set_annotations(None, 0, 0)
         self._layers_panel.set_counts(None)
         self.switched.emit()
+        self.annotations_changed.emit()
 
     def shut_down(self) -> None:
         """The window is closing: nothing opens any more, and a read still going is dropped."""
@@ -131,7 +138,7 @@ class DocumentController(QObject):
     # Annotations ----------------------------------------------------------------------------
     def choose_annotations(self) -> None:
         path = dialogs.ask_open_path(self._window, "Open Annotations", self._settings.last_folder("annotations"),
-                                     dialogs.JSON_FILTER)
+                                     dialogs.ANNOTATION_FILTER)
         if path:
             self.load_annotations_file(path)
 
@@ -140,14 +147,19 @@ class DocumentController(QObject):
         if self._document.opened is None:
             dialogs.warn(self._window, "No image", "Open an image first, then its annotations.")
             return False
+        slide = self._document.opened.slide
         try:
-            annotations = load_annotations(path)
+            annotations = load_annotation_file(path, (slide.width, slide.height))
         except InputError as exc:
             dialogs.warn(self._window, "Cannot open annotations", str(exc))
+            return False
+        if not self.before_replace():
             return False
         self._settings.set_last_folder("annotations", path)
         self._document.annotations = annotations
         self._show_annotations()
+        if annotations.notes:  # e.g. unknown classes kept, points outside the image skipped
+            self._status.showMessage(f"{Path(path).name}: {'; '.join(annotations.notes)}", 15000)
         return True
 
     def _show_annotations(self) -> None:

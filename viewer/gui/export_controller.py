@@ -85,7 +85,8 @@ class ExportController(QObject):
         if target is None or not self._still_open(opened):
             return
         heatmaps, annotations = self._heatmaps, self._document.annotations
-        classes = annotations.classes if annotations else ()
+        # Point classes, then region-only ones (ignore): hiding one class must not drop the others.
+        classes = list(dict.fromkeys([*annotations.classes, *(r.name for r in annotations.regions)])) if annotations else ()
         style = self._layers_panel.state.overlay_style(classes, heatmaps.stride, self._legend.isChecked())
         style = dataclasses.replace(style, smooth=smooth)
         self._run(write_overlay, slide, self._heatmap_snapshot(), annotations, style, *target, settings,

@@ -16,14 +16,16 @@ from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
+    QPushButton,
     QSizePolicy,
     QSlider,
     QVBoxLayout,
     QWidget,
 )
 
-from viewer.annotations import CLASSES, class_colour, class_label
+from viewer.annotations import CLASSES, IGNORE_CLASS, class_colour, class_label
 from viewer.colormaps import COLORMAPS, colormap_lut
 from viewer.gui.layers import LayerState
 
@@ -88,6 +90,10 @@ class LayersPanel(QWidget):
     """Controls for every layer; ``changed`` carries the complete new state."""
 
     changed = Signal(object)
+    current_class_chosen = Signal(str)
+    """The class new points and regions get (the editing row's class box)."""
+    reclass_requested = Signal(str)
+    """Apply to Selected: give the selected points and regions this class."""
 
     def __init__(self, state: LayerState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -104,9 +110,11 @@ class LayersPanel(QWidget):
         self._class_grid.setColumnStretch(0, 1)
         self._class_boxes: dict[str, QCheckBox] = {}
         self._count_labels: dict[str, QLabel] = {}
+        self._region_labels: dict[str, QLabel] = {}
         self.annotations_source = QLabel()
         self.annotations_source.setWordWrap(True)
         self.annotations_source.setEnabled(False)
+        self._build_edit_row()
         layout.addWidget(self.annotations_group)
 
         self.heatmap_group = QGroupBox("Tumour heatmap  (H)")
@@ -172,14 +180,17 @@ class LayersPanel(QWidget):
             widget.blockSignals(False)
         self._refresh_labels()
 
-    def set_counts(self, counts: dict[str, int] | None, source: str = "") -> None:
-        """List the classes of the loaded annotations (or all BreCaHAD classes as a legend)."""
+    def set_counts(self, counts: dict[str, int] | None, source: str = "",
+                   regions: dict[str, int] | None = None) -> None:
+        """List the classes of the loaded annotations (or all BreCaHAD classes as a legend), then
+        one row per class of regions (they show and hide with their class)."""
         while self._class_grid.count():
             item = self._class_grid.takeAt(0)
-            if item.widget() is not None and item.widget() is not self.annotations_source:
+            if item.widget() is not None and item.widget() not in (self.annotations_source, self.edit_row):
                 item.widget().deleteLater()
         self._class_boxes.clear()
         self._count_labels.clear()
+        self._region_labels: dict[str, QLabel] = {}
         names = list(counts) if counts else list(CLASSES)
         for row, name in enumerate(names):
             box = QCheckBox(class_label(name))
@@ -195,11 +206,90 @@ class LayersPanel(QWidget):
             self._class_grid.addWidget(count, row, 1)
             self._class_boxes[name] = box
             self._count_labels[name] = count
+        row = len(names)
+        for name, n in (regions or {}).items():
+            label = QLabel(("Ignore" if name == IGNORE_CLASS else class_label(name)) + " regions")
+            label.setToolTip("Ignore regions: their windows count as neither tumour nor non-tumour"
+                             if name == IGNORE_CLASS else f"Regions of class {class_label(name)}")
+            label.setIndent(24)
+            count = QLabel(f"{n:,}")
+            count.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self._class_grid.addWidget(label, row, 0)
+            self._class_grid.addWidget(count, row, 1)
+            self._region_labels[name] = count
+            row += 1
         self.annotations_source.setText(source or "No annotations loaded")
         self.annotations_source.setToolTip(
             "Loaded from groundTruth/<image name>.json when present; File › Open Annotations… loads any other file"
         )
-        self._class_grid.addWidget(self.annotations_source, len(names), 0, 1, 2)
+        self._class_grid.addWidget(self.annotations_source, row, 0, 1, 2)
+        self._class_grid.addWidget(self.edit_row, row + 1, 0, 1, 2)
+        self._fill_class_combo(names)
+
+    def update_counts(self, counts: dict[str, int] | None, source: str = "",
+                      regions: dict[str, int] | None = None) -> None:
+        """Live counts while editing: only the numbers change unless the classes did."""
+        regions = regions or {}
+        if counts is None or list(counts) != list(self._count_labels) or list(regions) != list(self._region_labels):
+            self.set_counts(counts, source, regions)
+            return
+        for name, n in counts.items():
+            label = self._count_labels[name]
+            label.setText(f"{n:,}")
+            label.setEnabled(n > 0)
+            self._class_boxes[name].setToolTip(f"{n:,} annotated points")
+        for name, n in regions.items():
+            self._region_labels[name].setText(f"{n:,}")
+        self.annotations_source.setText(source or "No annotations loaded")
+
+    def count_text(self, name: str) -> str:
+        """The count shown for ``name`` (tests read it)."""
+        return self._count_labels[name].text()
+
+    # Editing row: the class of new points and regions, and reclassing the selection -----------
+    def _build_edit_row(self) -> None:
+        self.edit_row = QWidget()
+        row = QHBoxLayout(self.edit_row)
+        row.setContentsMargins(0, 4, 0, 0)
+        self.class_combo = QComboBox()
+        self.class_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.class_combo.setMinimumContentsLength(8)
+        self.class_combo.setToolTip("Class of new points and regions (keys 1–7; 0 for Ignore regions)")
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip("Give the selected points and regions this class (or press its number key)")
+        self.apply_button.setEnabled(False)
+        row.addWidget(QLabel("Class"))
+        row.addWidget(self.class_combo, 1)
+        row.addWidget(self.apply_button)
+        self.class_combo.currentIndexChanged.connect(
+            lambda _i: self.current_class_chosen.emit(self.class_combo.currentData() or ""))
+        self.apply_button.clicked.connect(lambda: self.reclass_requested.emit(self.class_combo.currentData() or ""))
+
+    def _fill_class_combo(self, names: list[str]) -> None:
+        current = self.class_combo.currentData()
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        for name in [*dict.fromkeys([*CLASSES, *names]), IGNORE_CLASS]:
+            label = "Ignore (regions)" if name == IGNORE_CLASS else class_label(name)
+            self.class_combo.addItem(ring_icon(class_colour(name)), label, name)
+        index = self.class_combo.findData(current) if current else 0
+        self.class_combo.setCurrentIndex(max(0, index))
+        self.class_combo.blockSignals(False)
+
+    def set_current_class(self, name: str) -> None:
+        """Show ``name`` as the class of new points (without emitting)."""
+        index = self.class_combo.findData(name)
+        if index < 0:
+            self.class_combo.addItem(ring_icon(class_colour(name)), class_label(name), name)
+            index = self.class_combo.count() - 1
+        self.class_combo.blockSignals(True)
+        self.class_combo.setCurrentIndex(index)
+        self.class_combo.blockSignals(False)
+
+    def set_selection_count(self, count: int) -> None:
+        self.apply_button.setEnabled(count > 0)
+        self.apply_button.setToolTip(f"Give the {count:,} selected points and regions this class (or press its "
+                                     "number key)" if count else "Select points or regions first (Annotate › Select)")
 
     def set_heatmap_info(self, text: str) -> None:
         self.heatmap_info.setText(text)

@@ -24,7 +24,9 @@ from viewer.gui.about import AboutDialog
 from viewer.gui.actions import build_actions, build_menus
 from viewer.gui.agreement_controller import AgreementController
 from viewer.gui.agreement_panel import AgreementPanel
+from viewer.gui.annotation_editor import AnnotationEditor
 from viewer.gui.annotation_layer import AnnotationLayer
+from viewer.gui.annotation_tools import AnnotationTools
 from viewer.gui.canvas import ZOOM_STEP, Canvas
 from viewer.gui.document import Document
 from viewer.gui.document_controller import DocumentController
@@ -117,6 +119,9 @@ class MainWindow(QMainWindow):
             self, self.document, self.heatmap_controller, self.annotation_layer, self.layers_panel, self.status,
             self.settings, self.actions.auto_run,
         )
+        self.annotation_editor = AnnotationEditor(self, self.document, self.annotation_layer, self.layers_panel,
+                                                  self.status)
+        self.annotation_tools = AnnotationTools(self, self.canvas, self.annotation_editor, self.layers_panel)
         self.export_controller = ExportController(
             self, self.document, self.heatmap_controller, self.model_controller, self.agreement_controller,
             self.layers_panel, self.actions.export_legend, self.status, self.settings,
@@ -213,6 +218,9 @@ class MainWindow(QMainWindow):
         self.canvas.tile_failed.connect(lambda message: self.status.showMessage(message, 15000))
         documents.switched.connect(self._show_document)
         documents.annotations_changed.connect(self.agreement_controller.update)
+        documents.annotations_changed.connect(self.annotation_editor.reset)
+        documents.before_replace = self.annotation_editor.maybe_save
+        self.annotation_editor.agreement_due.connect(self.agreement_controller.update)
         documents.image_opened.connect(self.image_opened)
         documents.open_failed.connect(self.open_failed)
         self.model_controller.ready.connect(self.model_ready)
@@ -232,6 +240,8 @@ class MainWindow(QMainWindow):
         # (a heatmap asked for meanwhile waits for the model as usual).
         self.model_controller.load(self.model_path, delay_ms=MODEL_LOAD_DELAY_MS if image else 0)
         self.heatmap_controller.update_actions()
+        if not image and self.annotation_editor.offer_startup_recovery():
+            image = self.annotation_editor.recovery_image
         if image:
             self.open_image(image, annotations)
 
@@ -273,7 +283,7 @@ class MainWindow(QMainWindow):
         else:
             self.stack.setCurrentWidget(self.canvas)  # first, so the canvas fits its real size
             self.canvas.set_slide(opened.slide)
-            self.setWindowTitle(f"{opened.slide.name} — {APP_NAME}")
+            self.setWindowTitle(f"{opened.slide.name}[*] — {APP_NAME}")  # [*]: unsaved annotation edits
             self.setWindowFilePath(str(opened.slide.path))
         self.region_picker.cancel()  # a box drawn on the previous image means nothing here
         self._update_image_actions()
@@ -335,7 +345,7 @@ class MainWindow(QMainWindow):
     def _dropped_files(event: QDragEnterEvent | QDropEvent) -> tuple[list[str], list[str]]:
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         images = [p for p in paths if Path(p).suffix.lower() in IMAGE_SUFFIXES]
-        jsons = [p for p in paths if Path(p).suffix.lower() == ".json"]
+        jsons = [p for p in paths if Path(p).suffix.lower() in (".json", ".geojson")]
         return images, jsons
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
@@ -361,7 +371,11 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if not self._closing and not self.annotation_editor.maybe_save():
+            event.ignore()  # Cancel: unsaved annotation edits stay
+            return
         self._closing = True
+        self.annotation_editor.shut_down()
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         self.document_controller.shut_down()

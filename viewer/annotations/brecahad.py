@@ -1,8 +1,12 @@
-"""BreCaHAD ground-truth annotations: JSON <-> per-class point arrays.
+"""BreCaHAD ground-truth annotations: JSON <-> per-class point arrays (and the regions sidecar).
 
 A BreCaHAD file maps each class to a list of points ``{"x": 0.39, "y": 0.01}`` whose
 coordinates are normalised by the image width and height. Points are kept normalised here and
 converted to pixels on demand, so the same annotations can be drawn on any rendition of the image.
+
+The layout has no place for regions. They are kept in a sidecar beside the file,
+``<stem>.regions.geojson`` (QuPath GeoJSON in level-0 pixels, so QuPath opens it too), which
+:func:`load_annotations` reads and :func:`save_annotations` writes when there are regions.
 """
 
 from __future__ import annotations
@@ -11,105 +15,16 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from viewer.errors import AnnotationError, os_reason, stat_input_file
+from viewer.annotations.model import CLASSES, Annotations
+from viewer.errors import AnnotationError
 
-CLASSES: tuple[str, ...] = ("tumor", "non_tumor", "mitosis", "non_mitosis", "apoptosis", "lumen", "non_lumen")
-"""The seven BreCaHAD classes, in the order the legend shows them."""
-
-TUMOUR_CLASS = "tumor"
-"""The class the ConvNet is trained to find (BreCaHAD spells it the American way)."""
-
-CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
-    "tumor": (0, 220, 255),  # cyan: stands out from pink/purple H&E and from warm heatmaps
-    "non_tumor": (60, 220, 60),
-    "mitosis": (255, 40, 200),
-    "non_mitosis": (255, 160, 40),
-    "apoptosis": (255, 255, 0),
-    "lumen": (40, 90, 255),
-    "non_lumen": (150, 150, 150),
-}
-"""Fixed, mutually distinct marker colours per class (RGB)."""
-
-_EXTRA_COLOURS = ((255, 255, 255), (180, 90, 255), (255, 90, 90), (0, 160, 130), (200, 200, 80))
-
-MAX_ANNOTATION_BYTES = 64 * 1024 * 1024
-"""Annotation files larger than this are refused before parsing (BreCaHAD's are a few kB)."""
-
-
-def class_colour(name: str) -> tuple[int, int, int]:
-    """Colour for a class; unknown classes get a stable colour from a spare palette."""
-    if name in CLASS_COLOURS:
-        return CLASS_COLOURS[name]
-    return _EXTRA_COLOURS[sum(name.encode()) % len(_EXTRA_COLOURS)]
-
-
-def class_label(name: str) -> str:
-    """Human-readable class name for legends: 'non_tumor' -> 'Non-tumour'."""
-    text = name.replace("_", "-").replace("tumor", "tumour")
-    return text[:1].upper() + text[1:]
-
-
-@dataclass(eq=False)
-class Annotations:
-    """Annotated points per class, normalised to [0, 1] (x by width, y by height)."""
-
-    points: dict[str, np.ndarray] = field(default_factory=dict)
-    """class name -> (N, 2) float64 array of normalised (x, y)."""
-    source: Path | None = None
-    notes: tuple[str, ...] = ()
-    """Remarks about the parse, e.g. points skipped because they were outside the image."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Top-level JSON entries that are not point lists, kept so saving loses nothing."""
-
-    @property
-    def classes(self) -> list[str]:
-        """Known classes first in :data:`CLASSES` order, then any other classes in file order."""
-        known = [c for c in CLASSES if c in self.points]
-        return known + [c for c in self.points if c not in CLASSES]
-
-    def counts(self) -> dict[str, int]:
-        return {name: int(len(self.points[name])) for name in self.classes}
-
-    def normalised(self, name: str) -> np.ndarray:
-        """(N, 2) normalised points of a class; empty for a class that is absent."""
-        return self.points.get(name, np.empty((0, 2)))
-
-    def pixel_points(self, name: str, width: int, height: int) -> np.ndarray:
-        """(N, 2) float pixel coordinates (x, y) of a class on a width x height image."""
-        return self.normalised(name) * np.array([width, height], dtype=np.float64)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in CLASSES:
-            out[name] = _points_to_json(self.normalised(name))
-        for name in self.points:
-            if name not in CLASSES:
-                out[name] = _points_to_json(self.points[name])
-        out.update(self.extra)
-        return out
-
-    @classmethod
-    def from_pixels(
-        cls, pixel_points: Mapping[str, Iterable[Iterable[float]]], width: int, height: int
-    ) -> Annotations:
-        """Build annotations from pixel coordinates (the inverse of :meth:`pixel_points`)."""
-        scale = np.array([width, height], dtype=np.float64)
-        points = {
-            name: np.asarray(list(pts), dtype=np.float64).reshape(-1, 2) / scale
-            for name, pts in pixel_points.items()
-        }
-        return cls(points=points)
-
-
-def _points_to_json(points: np.ndarray) -> list[dict[str, float]]:
-    return [{"x": round(float(x), 6), "y": round(float(y), 6)} for x, y in points]
+REGIONS_SIDECAR_SUFFIX = ".regions.geojson"
+"""``groundTruth/<stem>.json`` keeps its regions in ``groundTruth/<stem>.regions.geojson``."""
 
 
 def parse_annotations(data: Any, source: str | Path | None = None) -> Annotations:
@@ -169,58 +84,49 @@ def parse_annotations(data: Any, source: str | Path | None = None) -> Annotation
         notes.append(f"{skipped} point(s) with NaN or coordinates outside [0, 1] were skipped")
     if kept_aside:
         notes.append(f"entries that are not point lists were kept but not drawn: {', '.join(kept_aside[:5])}")
+    unknown = [f"{_quote(n)} ({len(points[n])})" for n in points if n not in CLASSES]
+    if unknown:
+        # Kept, drawn and saved again under their own name; said, so a typo does not go unseen.
+        notes.append(f"classes that are not BreCaHAD's seven were kept: {', '.join(unknown[:5])}"
+                     + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
     return Annotations(points=points, source=Path(source) if source else None, notes=tuple(notes), extra=extra)
 
 
 def load_annotations(path: str | Path) -> Annotations:
-    """Read a BreCaHAD groundTruth JSON file."""
+    """Read a BreCaHAD groundTruth JSON file, with the regions of its sidecar when there is one."""
+    from viewer.annotations.files import read_json_file, read_regions
+
     path = Path(path)
-    st = stat_input_file(path, AnnotationError, "an annotation file")
-    limit = MAX_ANNOTATION_BYTES
-    if st.st_size > limit:
-        raise AnnotationError(_too_large(st.st_size, limit), path)
+    annotations = parse_annotations(read_json_file(path, "BreCaHAD JSON"), path)
+    sidecar = regions_sidecar_for(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(limit + 1)  # bounded even if the file grows while we read it
-    except PermissionError:
-        raise AnnotationError("cannot be read (permission denied)", path) from None
-    except OSError as exc:
-        raise AnnotationError(f"cannot be read ({os_reason(exc)})", path) from None
-    if len(raw) > limit:
-        raise AnnotationError(_too_large(len(raw), limit), path)
-    if not raw.strip():
-        raise AnnotationError("is empty; expected BreCaHAD JSON", path)
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise AnnotationError("is UTF-16 text; save it as UTF-8 (BreCaHAD JSON is UTF-8)", path)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"is not UTF-8 text (bad byte at offset {exc.start}); expected BreCaHAD JSON", path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", path) from None
-    except RecursionError:
-        raise AnnotationError("is nested too deeply to be BreCaHAD JSON", path) from None
-    except ValueError as exc:  # e.g. an integer literal with more than 4300 digits
-        reason = _first_line(str(exc))
-        if "digits" in reason:
-            reason = "it contains a number with thousands of digits"
-        raise AnnotationError(f"is not usable JSON ({reason})", path) from None
-    return parse_annotations(data, path)
+        has_sidecar = sidecar.is_file()
+    except (OSError, ValueError):
+        has_sidecar = False
+    if has_sidecar:
+        annotations.regions = tuple(read_regions(sidecar))
+        if annotations.regions:
+            annotations.notes += (f"{len(annotations.regions)} region(s) from {sidecar.name}",)
+    return annotations
 
 
-def _too_large(size: int, limit: int) -> str:
-    return (
-        f"is {size / (1 << 20):.1f} MB, above the {limit / (1 << 20):g} MB limit for annotation files "
-        "(BreCaHAD files are a few kB); is it the right file?"
-    )
+def regions_sidecar_for(path: str | Path) -> Path:
+    """Where the regions of BreCaHAD file ``path`` live: ``<stem>.regions.geojson`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + REGIONS_SIDECAR_SUFFIX)
 
 
-def save_annotations(annotations: Annotations, path: str | Path, *, force: bool = True) -> None:
-    """Write BreCaHAD JSON atomically (all seven classes, unknown entries preserved)."""
+def save_annotations(annotations: Annotations, path: str | Path, *, force: bool = True) -> list[str]:
+    """Write BreCaHAD JSON atomically (all seven classes, unknown entries preserved).
+
+    Regions go to the sidecar (written atomically too); a sidecar left from earlier is removed
+    when there are no regions any more, so deleted regions do not come back. Returns notes for
+    the user, e.g. where the regions went.
+    """
+    from viewer.annotations.geojson import regions_feature_collection
     from viewer.atomic import atomic_output
 
+    path = Path(path)
     try:
         # allow_nan=False: NaN/Infinity are not JSON, and other tools would refuse the file.
         text = json.dumps(annotations.to_json_dict(), indent=1, allow_nan=False)
@@ -228,6 +134,20 @@ def save_annotations(annotations: Annotations, path: str | Path, *, force: bool 
         raise AnnotationError(f"cannot be saved: the annotations hold a value JSON cannot store ({_first_line(str(exc))})", path) from None
     with atomic_output(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    sidecar = regions_sidecar_for(path)
+    notes: list[str] = []
+    if annotations.regions:
+        collection = regions_feature_collection(annotations.regions)
+        with atomic_output(sidecar, force=True) as tmp:
+            tmp.write_text(json.dumps(collection, separators=(",", ":")), encoding="utf-8")
+        notes.append(
+            f"BreCaHAD JSON holds points only: the {len(annotations.regions)} region(s) were saved to "
+            f"{sidecar.name} beside it (QuPath GeoJSON)"
+        )
+    elif sidecar.is_file():
+        sidecar.unlink()
+        notes.append(f"no regions any more: removed {sidecar.name}")
+    return notes
 
 
 def find_annotations_for(image_path: str | Path) -> Path | None:
