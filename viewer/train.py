@@ -273,7 +273,7 @@ def _callbacks(keras, sampler, val: PatchSet, val_images, config: TrainConfig, p
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.perf_counter()
-            self.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            self.lr = float(self.model.optimizer.learning_rate.numpy())
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
