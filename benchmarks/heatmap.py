@@ -421,7 +421,7 @@ def _accuracy(pixels, model, model_path: str, stride: int) -> dict:
     images = []
     data = DEFAULT_DATA.parent
     if (data / "groundTruth").is_dir():
-        entries, _source = choose_images(data, Path(model_path), "test", 0)
+        entries, _source = choose_images(data, Path(model_path), "test")
         images = [load_labelled(e) for e in entries]
     diffs, flips, cells = [], 0, 0
     for px in [pixels] + [img.pixels for img in images]:
