@@ -76,7 +76,10 @@ def run(args) -> int:
         print(json.dumps(report))
         return 0
     tn_fp, fn_tp = report["confusion"]
-    print(f"model:       {report['model']} (sha256 {report['model_sha256'][:12]})")
+    trained = report.get("model_trained_at") or {}
+    at = f", trained by histoviewer {trained.get('version')}" if trained.get("version") else ""
+    at += f" at commit {trained['git_commit'][:10]}" if trained.get("git_commit") else ""
+    print(f"model:       {report['model']} (sha256 {report['model_sha256'][:12]}{at})")
     print(f"images:      {', '.join(report['images'])}")
     print(f"             ({report['split_source']})")
     print(f"patches:     {report['n_positive']} tumour + {report['n_negative']} non-tumour")
