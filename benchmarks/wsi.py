@@ -22,6 +22,8 @@ Measurements that need a clean process run in a child (``--child NAME``) that pr
 ``RESULT {json}`` line. Linux only (peak RSS comes from /proc).
 
 Usage: python benchmarks/wsi.py [--size 50000] [--repeat 3] [--heatmap-seconds 25]
+(WSI_GAPS=1 also prints each event-loop gap over 40 ms during the heatmap phase with its time
+since Run: planning, the first cells and the steady state stall for different reasons.)
 """
 
 from __future__ import annotations
@@ -278,6 +280,7 @@ def child_gui(path: str, places: str, heatmap_seconds: str) -> dict:
             self.timer = QTimer(interval=1, timerType=Qt.TimerType.PreciseTimer)
             self.timer.timeout.connect(self._tick)
             self.gaps: list[float] = []
+            self.big: list[tuple[float, float]] = []
             self.sharp: list[tuple[str, str, float]] = []
             self._last = 0.0
             self._watch: tuple[str, str, float] | None = None
@@ -297,6 +300,8 @@ def child_gui(path: str, places: str, heatmap_seconds: str) -> dict:
         def _tick(self) -> None:
             now = time.perf_counter()
             self.gaps.append(now - self._last)
+            if now - self._last > 0.04:
+                self.big.append((now, now - self._last))
             self._last = now
             if self._watch is not None and self._painted and canvas.is_drawn():
                 kind, label, t0 = self._watch
@@ -513,6 +518,10 @@ def child_gui(path: str, places: str, heatmap_seconds: str) -> dict:
         app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
     completed = bool(finished and finished[0])
     heatmap_gaps = monitor.stop()
+    if os.environ.get("WSI_GAPS"):
+        for t, g in monitor.big:
+            if t >= started:
+                print(f"GAP at +{t - started:6.2f} s: {g * 1000:5.0f} ms", flush=True)
     log("heatmap stopped")
     stopped_at = time.perf_counter()
     run_seconds = stopped_at - (cells["planned_at"] or started)

@@ -192,3 +192,19 @@ def test_after_a_run_the_cache_is_pruned_off_the_main_thread_keeping_the_current
     on_main_thread, removed = calls[0]
     assert not on_main_thread and removed == [old] and not old.exists()
     assert window.heatmap_controller.store_path.is_dir() and window.heatmap_controller.complete
+
+
+def test_the_tissue_layer_tints_tissue_and_leaves_glass_clear(qtbot, make_window):
+    from viewer.gui.tissue_layer import TISSUE_TINT
+    from viewer.slide.tissue import TissueMask
+
+    window = make_window()
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[5:20, 10:35] = True
+    tissue = TissueMask(mask=mask, downsample=(16.0, 16.0), fraction=float(mask.mean()), level=2)
+    window.tissue_layer.set_mask(tissue)
+    rgba = window.tissue_layer.item.image
+    assert rgba.shape == (30, 40, 4) and rgba.dtype == np.uint8
+    assert (rgba[mask] == TISSUE_TINT).all() and (rgba[~mask] == 0).all()
+    rect = window.tissue_layer.item.mapRectToParent(window.tissue_layer.item.boundingRect())
+    assert (rect.width(), rect.height()) == (40 * 16.0, 30 * 16.0)

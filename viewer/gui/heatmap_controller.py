@@ -67,6 +67,9 @@ class HeatmapController(QObject):
         layer: HeatmapLayer, layers_panel: LayersPanel, status: StatusBar, actions: Actions, settings: Settings,
     ) -> None:
         super().__init__(window)
+        from viewer.heatmap.priority import set_background
+
+        set_background(True)  # the engine's own threads yield the CPU to the window (see there)
         self._window = window
         self._document = document
         self._models = models

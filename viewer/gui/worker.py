@@ -78,7 +78,13 @@ def _model_thread() -> ThreadPoolExecutor:
     """
     global _MODEL_THREAD
     if _MODEL_THREAD is None:
-        _MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-model")
+        from viewer.heatmap.priority import lower_current_thread
+
+        # Background priority (viewer.heatmap.priority): TensorFlow's pool threads, created by
+        # the thread that first runs TensorFlow (this one, in the viewer), inherit it, so the
+        # window wins the CPU while a heatmap is computed.
+        _MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-model",
+                                           initializer=lower_current_thread)
     return _MODEL_THREAD
 
 

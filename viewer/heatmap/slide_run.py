@@ -385,7 +385,10 @@ class _ReadAhead:
         self.image = image
         self.height, self.width = image.height, image.width
         self._groups = deque(_union(boxes) for boxes in groups if boxes)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-read-ahead")
+        from viewer.heatmap.priority import thread_initializer
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histoviewer-read-ahead",
+                                        initializer=thread_initializer())
         self._current: tuple[tuple[int, int, int, int], np.ndarray] | None = None
         self._next = None
         self._schedule()
@@ -577,7 +580,10 @@ def run_to_store(
         return HeatmapTile(rows, cols, np.full((rows.stop - rows.start, cols.stop - cols.start), np.nan, np.float32))
 
     pending: deque = deque()  # (ij, tile, future) in submission order
-    writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="histoviewer-store-writer")
+    from viewer.heatmap.priority import thread_initializer
+
+    writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="histoviewer-store-writer",
+                                initializer=thread_initializer())
     try:
         for ij, tile in iter_slide_heatmap(plan, model, busy, interactive=interactive):
             pending.append((ij, tile, writer.submit(write, ij, tile)))
