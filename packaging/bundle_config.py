@@ -1,0 +1,68 @@
+"""What the bundle is called on each platform, and what trimming leaves out.
+
+Shared by histoviewer.spec (PyInstaller), build.py and smoke_test.py, so the three agree on
+names and paths. Plain Python: no PyInstaller import.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_NAME = "HistoViewer"
+"""The bundle folder (dist/HistoViewer) and the macOS application (dist/HistoViewer.app)."""
+EXE_NAME = "histoviewer"
+BUNDLE_IDENTIFIER = "io.github.histoviewer.HistoViewer"  # the AppStream id too
+
+DOCUMENT_TYPES = [
+    # macOS "Open with" (Info.plist): the same types as the Linux desktop entry.
+    {"CFBundleTypeName": "TIFF image or slide", "CFBundleTypeRole": "Viewer", "LSHandlerRank": "Alternate",
+     "CFBundleTypeExtensions": ["tif", "tiff", "svs", "ndpi", "scn"]},
+    {"CFBundleTypeName": "Whole-slide image", "CFBundleTypeRole": "Viewer", "LSHandlerRank": "Owner",
+     "CFBundleTypeExtensions": ["mrxs", "vms", "bif"]},
+]
+
+TRIM_EXCLUDES = [
+    # Python modules nothing in HistoViewer imports, that hooks or optional imports pull in.
+    "tkinter", "_tkinter", "IPython", "jupyter_client", "pytest", "hypothesis", "sphinx",
+    # Qt modules the viewer never uses (each one drags in its libQt6*.so and plugins).
+    "PySide6.QtQml", "PySide6.QtQuick", "PySide6.QtQuickWidgets", "PySide6.QtQuick3D", "PySide6.QtNetwork",
+    "PySide6.QtSql", "PySide6.QtTest", "PySide6.QtPdf", "PySide6.QtPdfWidgets", "PySide6.QtDesigner",
+    "PySide6.QtHelp", "PySide6.QtUiTools", "PySide6.QtXml", "PySide6.QtConcurrent", "PySide6.QtDBus",
+    "PySide6.QtOpenGL", "PySide6.QtOpenGLWidgets", "PySide6.QtSvg", "PySide6.QtSvgWidgets",
+    "PySide6.QtPrintSupport", "PySide6.QtMultimedia", "PySide6.QtWebEngineCore", "PySide6.QtCharts",
+    # matplotlib draws the training curves with the Agg backend only.
+    "matplotlib.backends.backend_qtagg", "matplotlib.backends.backend_qt", "matplotlib.backends.backend_qt5agg",
+    "matplotlib.backends.backend_tkagg", "matplotlib.backends.backend_tkcairo", "matplotlib.backends.backend_webagg",
+    "matplotlib.backends.backend_wx", "matplotlib.backends.backend_wxagg", "matplotlib.backends.backend_gtk3",
+    "matplotlib.backends.backend_gtk4", "matplotlib.backends.backend_macosx", "matplotlib.backends.backend_nbagg",
+    # TensorFlow parts the engine never imports: the TFLite converter and interpreter, TensorRT,
+    # the debugger and the command-line tools. (Keras' JAX/torch/OpenVINO backends stay: Keras
+    # imports them by name at start-up, whatever backend is chosen.)
+    "tensorflow.lite", "tensorflow.compiler.tf2tensorrt", "tensorflow.python.compiler.tensorrt",
+    "tensorflow.python.debug", "tensorflow.tools", "tensorflow.python.tools",
+    # pyqtgraph's OpenGL 3-D items and example programs.
+    "pyqtgraph.opengl", "pyqtgraph.examples", "pyqtgraph.jupyter",
+]
+
+TRIMMED_FOLDERS = ("tests", "test", "testing_data", "examples")
+"""Folders (any depth) dropped from the bundle: libraries' own test suites and examples."""
+
+
+def is_trimmed_path(path: str) -> bool:
+    """True for a file or module path inside a test-suite or examples folder of a library."""
+    parts = path.replace("\\", "/").split("/")
+    return any(part in TRIMMED_FOLDERS for part in parts[:-1])
+
+
+def executable(dist: Path, platform: str = sys.platform) -> Path:
+    """The bundle's executable under ``dist`` on ``platform``."""
+    if platform == "darwin":
+        return dist / f"{APP_NAME}.app" / "Contents" / "MacOS" / EXE_NAME
+    suffix = ".exe" if platform.startswith("win") else ""
+    return dist / APP_NAME / f"{EXE_NAME}{suffix}"
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes in the files under ``folder`` (symlinks not followed: each file counted once)."""
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
