@@ -37,16 +37,36 @@ TRIM_EXCLUDES = [
     "matplotlib.backends.backend_wx", "matplotlib.backends.backend_wxagg", "matplotlib.backends.backend_gtk3",
     "matplotlib.backends.backend_gtk4", "matplotlib.backends.backend_macosx", "matplotlib.backends.backend_nbagg",
     # TensorFlow parts the engine never imports: the TFLite converter and interpreter, TensorRT,
-    # the debugger and the command-line tools. (Keras' JAX/torch/OpenVINO backends stay: Keras
-    # imports them by name at start-up, whatever backend is chosen.)
+    # the debugger, StableHLO, the profiler's plugin and the command-line tools (but not
+    # tensorflow.python.tools: tensorflow/__init__.py imports it).
     "tensorflow.lite", "tensorflow.compiler.tf2tensorrt", "tensorflow.python.compiler.tensorrt",
-    "tensorflow.python.debug", "tensorflow.tools", "tensorflow.python.tools",
+    "tensorflow.python.debug", "tensorflow.tools", "tensorflow.compiler.mlir.stablehlo",
+    "tensorflow.python.profiler.internal._pywrap_profiler_plugin",
     # pyqtgraph's OpenGL 3-D items and example programs.
     "pyqtgraph.opengl", "pyqtgraph.examples", "pyqtgraph.jupyter",
 ]
 
 TRIMMED_FOLDERS = ("tests", "test", "testing_data", "examples")
 """Folders (any depth) dropped from the bundle: libraries' own test suites and examples."""
+
+
+TRIMMED_BINARIES = (
+    # Qt platform plugins for embedded screens, VNC and Vulkan displays, and what only they load;
+    # xcb (X11), wayland, offscreen and minimal stay.
+    "PySide6/Qt/plugins/platforms/libqeglfs.so", "PySide6/Qt/plugins/platforms/libqlinuxfb.so",
+    "PySide6/Qt/plugins/platforms/libqminimalegl.so", "PySide6/Qt/plugins/platforms/libqvkkhrdisplay.so",
+    "PySide6/Qt/plugins/platforms/libqvnc.so", "PySide6/Qt/plugins/egldeviceintegrations/*",
+    "PySide6/Qt/plugins/generic/*", "PySide6/Qt/lib/libQt6EglFSDeviceIntegration.so*",
+    "PySide6/Qt/lib/libQt6EglFsKmsSupport.so*",
+)
+"""Binaries (bundle paths, fnmatch patterns) dropped when trimming."""
+
+
+def is_trimmed_binary(path: str) -> bool:
+    from fnmatch import fnmatch
+
+    path = path.replace("\\", "/")
+    return is_trimmed_path(path) or any(fnmatch(path, pattern) for pattern in TRIMMED_BINARIES)
 
 
 def is_trimmed_path(path: str) -> bool:

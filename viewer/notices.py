@@ -51,6 +51,11 @@ LGPL_COMPONENTS = {
     ),
 }
 LGPL_COMPONENTS["shiboken6"] = "Part of PySide6: see PySide6-Essentials above."
+LGPL_COMPONENTS["openslide-python"] = (
+    "The Python binding of OpenSlide (LGPL 2.1) is shipped as its unmodified source files (in the "
+    "bundle: _internal/openslide/*.py, outside the compressed archive), which you may replace with a "
+    "modified version. Source: https://github.com/openslide/openslide-python."
+)
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,8 @@ def notices_text(root: str = ROOT, extra_texts: Sequence[tuple[str, str]] = ()) 
 def _wrap(text: str, width: int = 94) -> list[str]:
     import textwrap
 
-    return textwrap.wrap(text, width=width, initial_indent="  ", subsequent_indent="  ")
+    return textwrap.wrap(text, width=width, initial_indent="  ", subsequent_indent="  ",
+                         break_long_words=False, break_on_hyphens=False)  # addresses stay whole
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,3 +111,15 @@ def test_import_linter_runs_with_pyproject_as_is():
         pytest.skip("import-linter is not installed")
     result = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_core_module_is_in_the_contract_except_the_launcher():
+    """A new core module must be added to the contract; only viewer.launcher stays outside it
+    (the one module outside viewer.gui that imports the GUI) and has a contract of its own."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = data["tool"]["importlinter"]["contracts"]
+    core = next(c for c in contracts if "viewer.gui" in c.get("forbidden_modules", []))
+    top = {f"viewer.{m.name}" for m in pkgutil.iter_modules(viewer.__path__)} - {"viewer.gui", "viewer.__main__"}
+    assert sorted(top - set(core["source_modules"])) == ["viewer.launcher"]
+    launcher = next(c for c in contracts if c.get("source_modules") == ["viewer.launcher"])
+    assert "PySide6" in launcher["forbidden_modules"]

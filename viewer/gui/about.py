@@ -63,14 +63,14 @@ def licences_markdown() -> str:
     where = (f"The full licence texts are in `{full}`." if full else
              "The full licence texts are in each package's metadata; `python -m viewer.notices --out "
              "THIRD_PARTY_NOTICES.txt` collects them into one file (the app bundle ships that file).")
-    lines = ["# Third-party licences", "", where, "", "| Component | Version | Licence |", "|---|---|---|"]
-    for c in items:
-        lines.append(f"| {c.name} | {c.version} | {c.licence.replace('|', '/')} |")
+    lines = ["# Third-party licences", "", where, "", "## LGPL components", ""]
     present = {notices.canonical(c.name) for c in items}
-    lines += ["", "## LGPL components", ""]
     for name, text in notices.LGPL_COMPONENTS.items():
         if name in present:
             lines += [f"**{name}.** {text}", ""]
+    lines += ["## Every component", "", "| Component | Version | Licence |", "|---|---|---|"]
+    for c in items:
+        lines.append(f"| {c.name} | {c.version} | {c.licence.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,8 @@ def shortcut_rows(window: QMainWindow) -> list[tuple[str, str, str]]:
     for top in window.menuBar().actions():
         if top.menu() is not None:
             visit(top.menu(), _plain(top.menu().title()))
-    for action in window.actions():
+    # QWidget.actions() called unbound: MainWindow keeps its Actions in an attribute of that name.
+    for action in QWidget.actions(window):
         if id(action) not in seen and keys_text(action):
             seen.add(id(action))
             rows.append(("Window", _plain(action.text()), keys_text(action)))
