@@ -25,29 +25,31 @@ DOCUMENT_TYPES = [
 TRIM_EXCLUDES = [
     # Python modules nothing in HistoViewer imports, that hooks or optional imports pull in.
     "tkinter", "_tkinter", "IPython", "jupyter_client", "pytest", "hypothesis", "sphinx",
-    # Qt modules the viewer never uses (each one drags in its libQt6*.so and plugins).
+    # Qt modules the viewer never uses (each one drags in its libQt6*.so and plugins). Not
+    # QtOpenGL, QtOpenGLWidgets, QtSvg and QtTest: pyqtgraph imports them when it is imported.
     "PySide6.QtQml", "PySide6.QtQuick", "PySide6.QtQuickWidgets", "PySide6.QtQuick3D", "PySide6.QtNetwork",
-    "PySide6.QtSql", "PySide6.QtTest", "PySide6.QtPdf", "PySide6.QtPdfWidgets", "PySide6.QtDesigner",
-    "PySide6.QtHelp", "PySide6.QtUiTools", "PySide6.QtXml", "PySide6.QtConcurrent", "PySide6.QtDBus",
-    "PySide6.QtOpenGL", "PySide6.QtOpenGLWidgets", "PySide6.QtSvg", "PySide6.QtSvgWidgets",
+    "PySide6.QtSql", "PySide6.QtPdf", "PySide6.QtPdfWidgets", "PySide6.QtDesigner", "PySide6.QtHelp",
+    "PySide6.QtUiTools", "PySide6.QtXml", "PySide6.QtConcurrent", "PySide6.QtDBus", "PySide6.QtSvgWidgets",
     "PySide6.QtPrintSupport", "PySide6.QtMultimedia", "PySide6.QtWebEngineCore", "PySide6.QtCharts",
     # matplotlib draws the training curves with the Agg backend only.
     "matplotlib.backends.backend_qtagg", "matplotlib.backends.backend_qt", "matplotlib.backends.backend_qt5agg",
     "matplotlib.backends.backend_tkagg", "matplotlib.backends.backend_tkcairo", "matplotlib.backends.backend_webagg",
     "matplotlib.backends.backend_wx", "matplotlib.backends.backend_wxagg", "matplotlib.backends.backend_gtk3",
     "matplotlib.backends.backend_gtk4", "matplotlib.backends.backend_macosx", "matplotlib.backends.backend_nbagg",
-    # TensorFlow parts the engine never imports: the TFLite converter and interpreter, TensorRT,
-    # the debugger, StableHLO, the profiler's plugin and the command-line tools (but not
-    # tensorflow.python.tools: tensorflow/__init__.py imports it).
-    "tensorflow.lite", "tensorflow.compiler.tf2tensorrt", "tensorflow.python.compiler.tensorrt",
-    "tensorflow.python.debug", "tensorflow.tools", "tensorflow.compiler.mlir.stablehlo",
-    "tensorflow.python.profiler.internal._pywrap_profiler_plugin",
+    # TensorFlow parts the engine never imports. `import tensorflow` itself imports nearly all of
+    # TensorFlow (TFLite, TensorRT stubs, the debugger, the profiler, tools: measured with
+    # sys.modules after a heatmap), so only StableHLO's 24 MB extension can go; the 750 MB
+    # libtensorflow_cc.so.2 is the engine itself.
+    "tensorflow.compiler.mlir.stablehlo",
     # pyqtgraph's OpenGL 3-D items and example programs.
     "pyqtgraph.opengl", "pyqtgraph.examples", "pyqtgraph.jupyter",
 ]
 
-TRIMMED_FOLDERS = ("tests", "test", "testing_data", "examples")
-"""Folders (any depth) dropped from the bundle: libraries' own test suites and examples."""
+TRIMMED_FOLDERS = ("tests",)
+"""Folders (any depth) dropped from the bundle: libraries' own test suites."""
+KEEP_TEST_FOLDERS = ("tensorflow/", "keras/")
+"""Packages whose test helpers are imported at run time (``import tensorflow`` imports
+``tensorflow._api.v2.__internal__.test``): never trimmed by folder name."""
 
 
 TRIMMED_BINARIES = (
@@ -71,8 +73,10 @@ def is_trimmed_binary(path: str) -> bool:
 
 def is_trimmed_path(path: str) -> bool:
     """True for a file or module path inside a test-suite or examples folder of a library."""
-    parts = path.replace("\\", "/").split("/")
-    return any(part in TRIMMED_FOLDERS for part in parts[:-1])
+    path = path.replace("\\", "/")
+    if path.startswith(KEEP_TEST_FOLDERS):
+        return False
+    return any(part in TRIMMED_FOLDERS for part in path.split("/")[:-1])
 
 
 def executable(dist: Path, platform: str = sys.platform) -> Path:

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from bundle_config import APP_NAME, executable, folder_size  # noqa: E402
 
 MAX_HEATMAP_DIFF = 1e-6
 TIMEOUT = 600
+WINDOW_TIMEOUT = 300
 
 
 class Bundle:
@@ -159,25 +161,35 @@ def check_heatmap_and_export(b: Bundle, work: Path) -> str:
 
 
 def timed_window(command: list[str], image: Path, work: Path, screenshot: Path | None) -> dict[str, float]:
-    """Start the window offscreen on ``image``; seconds from spawn to each milestone line."""
+    """Start the window offscreen on ``image``; seconds from spawn to each milestone line.
+
+    Output and errors share one pipe (read as they come, so a chatty child never blocks on a
+    full pipe), and a watchdog kills a window that hangs, e.g. behind an error message box."""
     home = work / f"home-{len(list(work.glob('home-*')))}"
     home.mkdir()
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
                HISTOVIEWER_CACHE_DIR=str(home / "cache"),
                HISTOVIEWER_STARTUP_PROBE=str(screenshot) if screenshot else "1")
     start = time.perf_counter()
-    proc = subprocess.Popen([*command, str(image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([*command, str(image)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=work)
+    watchdog = threading.Timer(WINDOW_TIMEOUT, proc.kill)
+    watchdog.start()
     seen: dict[str, float] = {}
-    for line in proc.stdout:
-        word = line.split()[0] if line.split() else ""
-        seen.setdefault(word, time.perf_counter() - start)
-        if word in ("heatmap", "failed"):
-            seen["_" + word] = line.strip()
-    code = proc.wait(timeout=TIMEOUT)
-    stderr = proc.stderr.read()
-    assert code == 0, f"{command[0]}: window exited {code}: {stderr[-800:]}"
-    assert {"window", "model", "heatmap"} <= set(seen), f"milestones {sorted(seen)}: {stderr[-800:]}"
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            word = line.split()[0] if line.split() else ""
+            if word in ("window", "model", "heatmap", "failed"):
+                seen.setdefault(word, time.perf_counter() - start)
+                seen.setdefault("_" + word, line.strip())
+            tail = (tail + [line.strip()])[-12:]
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    output = " | ".join(tail)
+    assert code == 0, f"{command[0]}: window exited {code} (killed after {WINDOW_TIMEOUT} s if -9): {output[-800:]}"
+    assert {"window", "model", "heatmap"} <= set(seen), f"milestones {sorted(seen)}: {output[-800:]}"
     assert seen["_heatmap"] == "heatmap True", seen["_heatmap"]
     return seen
 
