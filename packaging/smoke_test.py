@@ -10,6 +10,7 @@ Checks, each against the pip install in the same run:
   - ``info`` on a JPEG-tiled TIFF (decoded by imagecodecs) and on a Hamamatsu VMS (OpenSlide only)
     gives the same answer;
   - ``heatmap`` gives the same array (max |diff| <= 1e-6) and ``export`` the same figure;
+  - ``batch`` runs its Dask worker processes from the frozen program, with the same summary;
   - the window starts offscreen, shows, loads the model, computes the heatmap and quits with 0;
 and prints the bundle's size, its start-up time to window and to model ready, beside the pip
 install's. Exit 0 when every check passes, 1 otherwise.
@@ -160,6 +161,25 @@ def check_heatmap_and_export(b: Bundle, work: Path) -> str:
     return f"heatmap {got.shape} max |diff| {diff:.1e}; export max diff {png_diff}"
 
 
+def check_batch(b: Bundle, work: Path) -> str:
+    """``batch`` starts Dask worker processes: from a frozen program that needs freeze_support."""
+    import csv
+
+    folder = work / "cohort"
+    folder.mkdir()
+    write_tiff(folder / "one.tif")
+    write_tiff(folder / "two.tif")
+    rows = {}
+    for which in ("bundle", "pip"):
+        result = b.run(which, "batch", str(folder), "--out", str(work / f"batch-{which}"), "--workers", "1")
+        assert result.returncode == 0, f"{which} batch: {result.stderr[-800:]}"
+        with open(work / f"batch-{which}" / "summary.csv", newline="", encoding="utf-8") as fh:
+            rows[which] = {r["output"]: (r["status"], r["tumour_fraction"], r["mean_probability"]) for r in csv.DictReader(fh)}
+    assert rows["bundle"] == rows["pip"], rows
+    assert all(status == "done" for status, _, _ in rows["bundle"].values()), rows["bundle"]
+    return f"{len(rows['bundle'])} slides on 1 Dask worker process, summaries equal"
+
+
 def timed_window(command: list[str], image: Path, work: Path, screenshot: Path | None) -> dict[str, float]:
     """Start the window offscreen on ``image``; seconds from spawn to each milestone line.
 
@@ -233,6 +253,7 @@ CHECKS = {
     "contents": check_contents,
     "info": check_info,
     "heatmap": check_heatmap_and_export,
+    "batch": check_batch,
     "gui": check_gui,
 }
 
@@ -240,7 +261,8 @@ CHECKS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dist", default=str(REPO / "dist"), help="folder holding HistoViewer/ (default dist/)")
-    parser.add_argument("--screenshot", help="save the bundle's window (after its heatmap) to this PNG")
+    parser.add_argument("--screenshot", help="save the bundle's window (after its heatmap) to this PNG, or, "
+                        "given a folder, the window and the About and Keyboard Shortcuts dialogs")
     args = parser.parse_args(argv)
     b = Bundle(Path(args.dist))
     failures = 0

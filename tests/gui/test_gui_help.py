@@ -96,3 +96,17 @@ def test_export_starts_in_the_image_folder_then_the_last_export_folder(
         window.actions.export_overlay.trigger()
     window.actions.export_overlay.trigger()
     assert seen[-1] == str(elsewhere)  # the folder used last wins over the image's
+
+
+def test_startup_probe_reports_and_saves_the_help_dialogs(qtbot, make_window, monkeypatch, tmp_path, capsys) -> None:
+    """The bundle's smoke test reads these lines (a frozen program cannot be patched from outside)."""
+    from viewer.gui import startup_probe
+
+    monkeypatch.setenv(startup_probe.PROBE_ENV, str(tmp_path))
+    window = make_window()
+    startup_probe.install(window, None)
+    window.model_ready.emit()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=10_000)
+    assert "model" in capsys.readouterr().out.split()
+    for name in ("window", "about", "about_licences", "shortcuts"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
