@@ -52,7 +52,7 @@ KEEP_TEST_FOLDERS = ("tensorflow/", "keras/")
 ``tensorflow._api.v2.__internal__.test``): never trimmed by folder name."""
 
 
-TRIMMED_BINARIES = (
+TRIMMED_FILES = (
     # Qt platform plugins for embedded screens, VNC and Vulkan displays, and what only they load;
     # xcb (X11), wayland, offscreen and minimal stay.
     "PySide6/Qt/plugins/platforms/libqeglfs.so", "PySide6/Qt/plugins/platforms/libqlinuxfb.so",
@@ -60,15 +60,18 @@ TRIMMED_BINARIES = (
     "PySide6/Qt/plugins/platforms/libqvnc.so", "PySide6/Qt/plugins/egldeviceintegrations/*",
     "PySide6/Qt/plugins/generic/*", "PySide6/Qt/lib/libQt6EglFSDeviceIntegration.so*",
     "PySide6/Qt/lib/libQt6EglFsKmsSupport.so*",
+    # Qt's translations of its own dialogs: HistoViewer is in English and installs no translator.
+    "PySide6/Qt/translations/*",
 )
-"""Binaries (bundle paths, fnmatch patterns) dropped when trimming."""
+"""Files (bundle paths, fnmatch patterns) dropped when trimming."""
 
 
-def is_trimmed_binary(path: str) -> bool:
+def is_trimmed_file(path: str) -> bool:
+    """True for a collected binary or data file that trimming leaves out."""
     from fnmatch import fnmatch
 
     path = path.replace("\\", "/")
-    return is_trimmed_path(path) or any(fnmatch(path, pattern) for pattern in TRIMMED_BINARIES)
+    return is_trimmed_path(path) or any(fnmatch(path, pattern) for pattern in TRIMMED_FILES)
 
 
 def is_trimmed_path(path: str) -> bool:

@@ -11,7 +11,8 @@ Checks, each against the pip install in the same run:
     gives the same answer;
   - ``heatmap`` gives the same array (max |diff| <= 1e-6) and ``export`` the same figure;
   - ``batch`` runs its Dask worker processes from the frozen program, with the same summary;
-  - the window starts offscreen, shows, loads the model, computes the heatmap and quits with 0;
+  - the window starts offscreen, shows, lists the same third-party licences in Help › About,
+    loads the model, computes the heatmap and quits with 0;
 and prints the bundle's size, its start-up time to window and to model ready, beside the pip
 install's. Exit 0 when every check passes, 1 otherwise.
 """
@@ -200,7 +201,7 @@ def timed_window(command: list[str], image: Path, work: Path, screenshot: Path |
     try:
         for line in proc.stdout:
             word = line.split()[0] if line.split() else ""
-            if word in ("window", "model", "heatmap", "failed"):
+            if word in ("window", "components", "model", "heatmap", "failed"):
                 seen.setdefault(word, time.perf_counter() - start)
                 seen.setdefault("_" + word, line.strip())
             tail = (tail + [line.strip()])[-12:]
@@ -218,9 +219,13 @@ def check_gui(b: Bundle, work: Path, screenshot: Path | None = None) -> str:
     tiff = work / "field.tif" if (work / "field.tif").exists() else write_tiff(work / "field.tif")
     bundle = timed_window([str(b.exe)], tiff, work, screenshot)
     pip = timed_window(b.reference, tiff, work, None)
+    # Help › About lists the same third-party components (the bundle carries their metadata).
+    assert bundle["_components"] == pip["_components"], (bundle["_components"], pip["_components"])
+    assert int(bundle["_components"].split()[1]) >= 30, bundle["_components"]
     FIGURES["window"] = (bundle["window"], pip["window"])
     FIGURES["model"] = (bundle["model"], pip["model"])
-    return f"window, model, heatmap, clean exit (screenshot {screenshot})" if screenshot else "window, model, heatmap, clean exit"
+    done = f"window, {bundle['_components']} in About, model, heatmap, clean exit"
+    return f"{done} (screenshot {screenshot})" if screenshot else done
 
 
 FIGURES: dict[str, tuple[float, float]] = {}

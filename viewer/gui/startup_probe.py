@@ -1,7 +1,8 @@
 """Start-up milestones on stdout, for the bundle's smoke test (packaging/smoke_test.py).
 
 A frozen bundle has no Python to patch from outside, so the window reports itself when
-``HISTOVIEWER_STARTUP_PROBE`` is set: ``window`` once it is shown, ``model`` when the model is
+``HISTOVIEWER_STARTUP_PROBE`` is set: ``window`` once it is shown, ``components N`` (the
+third-party components Help › About lists), ``model`` when the model is
 loaded, ``heatmap True|False`` when the first heatmap of the opened image ends (or ``failed ...``
 when the image cannot be opened); then it saves a screenshot of itself if the variable names a
 ``.png`` file (or, if it names a folder, window.png, about.png and shortcuts.png there: the
@@ -15,6 +16,8 @@ import os
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QMainWindow
+
+from viewer import notices
 
 PROBE_ENV = "HISTOVIEWER_STARTUP_PROBE"
 
@@ -37,6 +40,8 @@ def install(window: QMainWindow, image: str | None) -> None:
 
     # singleShot(0) fires once the event loop runs, i.e. after the window was first shown.
     QTimer.singleShot(0, lambda: say("window"))
+    # What Help › About lists: in a bundle, only as complete as the metadata it carries.
+    QTimer.singleShot(0, lambda: say("components", len(notices.components())))
     window.model_ready.connect(lambda: say("model"))
     if image:
         window.heatmap_finished.connect(lambda ok: (say("heatmap", ok), QTimer.singleShot(200, finish)))
