@@ -42,7 +42,7 @@ LGPL_COMPONENTS = {
     "pyside6-essentials": (
         "The Qt 6 libraries (libQt6Core, libQt6Gui, libQt6Widgets, ... and the Qt plugins) and their "
         "Python binding PySide6 are used under the GNU Lesser General Public License 3.0 (the full "
-        "text and the GNU GPL 3.0 it builds on are included at the end of this file). They are "
+        "text and the GNU GPL 3.0 it builds on are at the end of THIRD_PARTY_NOTICES.txt). They are "
         "shipped unmodified as separate shared libraries, dynamically linked (in the bundle: "
         "_internal/PySide6/Qt/lib and _internal/PySide6/Qt/plugins), so you may replace them with "
         "a modified build of the same Qt version. Source code: https://download.qt.io/official_releases/qt/ "

@@ -123,3 +123,14 @@ def test_every_core_module_is_in_the_contract_except_the_launcher():
     assert sorted(top - set(core["source_modules"])) == ["viewer.launcher"]
     launcher = next(c for c in contracts if c.get("source_modules") == ["viewer.launcher"])
     assert "PySide6" in launcher["forbidden_modules"]
+
+
+def test_commands_through_the_launcher_import_no_qt(tmp_path):
+    """The console script is viewer.launcher:main: a subcommand run through it never loads Qt."""
+    import numpy as np
+    import tifffile
+
+    image = tmp_path / "x.tif"
+    tifffile.imwrite(image, np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    loaded = imported_after(f"from viewer.launcher import main\nassert main(['info', {str(image)!r}]) == 0")
+    assert not (top_level(loaded) & set(QT_MODULES)) and not [m for m in loaded if m.startswith("viewer.gui")]
