@@ -2,9 +2,8 @@
 
 ``histoviewer [IMAGE]`` opens the GUI (through the ``gui`` callable that :mod:`viewer.launcher`, the
 console script, passes to :func:`main`: this module never imports Qt); the subcommands do the
-same work headless. Each
-subcommand lives in ``viewer.commands.<name>`` and exposes ``register(subparsers)``, which adds
-its parser and sets ``func(args) -> int``.
+same work headless. Each subcommand lives in ``viewer.commands.<name>`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 
 Exit codes: 0 success, 1 internal error (a bug: ``--debug`` shows the traceback), 2 bad input
 (one line on stderr naming the file and the problem; also bad options), 130 interrupted.
