@@ -61,7 +61,7 @@ def test_xcb_plugin_is_found_without_importing_qt():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Qt's xcb plugin is Linux only")
 def test_missing_libraries_agree_with_the_dynamic_loader():
-    """Every library reported missing really fails to load; on this machine's list, nothing else."""
+    """Every library reported missing really fails to load here."""
     import ctypes
 
     missing = missing_xcb_libraries()
