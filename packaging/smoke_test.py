@@ -152,6 +152,10 @@ def check_heatmap_and_export(b: Bundle, work: Path) -> str:
         assert result.returncode == 0, f"{which} heatmap: {result.stderr[-800:]}"
         result = b.run(which, "export", str(tiff), "--out", str(work / f"{which}.png"), "--legend", "--quiet")
         assert result.returncode == 0, f"{which} export: {result.stderr[-800:]}"
+    models = {w: json.loads((work / f"{w}.json").read_text(encoding="utf-8"))["model"]["sha256"] for w in ("bundle", "pip")}
+    assert models["bundle"] == models["pip"], (
+        f"the bundle and the reference carry different bundled models ({models}): run the smoke test with the "
+        "Python of the environment the bundle was built from, or rebuild")
     got, want = np.load(work / "bundle.npy"), np.load(work / "pip.npy")
     assert got.shape == want.shape, (got.shape, want.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - want)))
