@@ -10,8 +10,8 @@ checkout is installed into it, not in editable mode):
 
 Steps: install this checkout into the running environment (``pip install --no-deps``, so the bundle
 has exactly this code and its metadata), write THIRD_PARTY_NOTICES.txt from the installed
-distributions, run PyInstaller on packaging/histoviewer.spec, then copy the notices, the licence
-and the README beside the executable and print the bundle's size.
+distributions, run PyInstaller on packaging/histoviewer.spec, then copy the notices, the licence,
+the README and packaging/README.md (as PACKAGING.md) beside the executable and print the size.
 
 ``--no-trim`` builds without leaving out the unused Qt modules, TensorFlow parts and test suites
 (see bundle_config.py), to measure what trimming saves. Linux is built and tested here; the spec
@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
          "--distpath", str(dist), "--workpath", args.work], env=env, cwd=str(REPO / "build"))
 
     bundle = dist / APP_NAME
+    # README.md is the project's (the launcher's xcb message points to its section);
+    # PACKAGING.md says how the bundle was made.
     for source, name in ((notices, "THIRD_PARTY_NOTICES.txt"), (REPO / "LICENSE", "LICENSE.txt"),
-                         (HERE / "README.md", "README.md")):
+                         (REPO / "README.md", "README.md"), (HERE / "README.md", "PACKAGING.md")):
         shutil.copyfile(source, bundle / name)
     exe = executable(dist)
     size = folder_size(bundle)

@@ -125,6 +125,10 @@ def check_contents(b: Bundle, work: Path) -> str:
     codecs = sorted(internal.glob("imagecodecs/_jpeg8*")) + sorted(internal.glob("imagecodecs/_zlib*"))
     assert len(codecs) >= 2, "imagecodecs' JPEG and zlib codecs were not collected"
     assert (internal / "viewer" / "resources" / "convnet_brecahad.keras").is_file(), "model missing"
+    from viewer.display_check import README_SECTION
+
+    section = README_SECTION.split("'")[1]  # the launcher's xcb message points there
+    assert section in (b.folder / "README.md").read_text(encoding="utf-8"), f"README.md lacks {section!r}"
     notices = (b.folder / "THIRD_PARTY_NOTICES.txt").read_text(encoding="utf-8")
     for needle in ("openslide-bin", "PySide6", "GNU LESSER GENERAL PUBLIC LICENSE", "download.qt.io"):
         assert needle in notices, f"THIRD_PARTY_NOTICES.txt lacks {needle!r}"
