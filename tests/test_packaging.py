@@ -26,6 +26,9 @@ def test_wheel_contains_bundled_model_and_card(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheels[0]).namelist())
     assert "viewer/resources/convnet_brecahad.keras" in names
     assert "viewer/resources/MODEL_CARD.md" in names
+    for name in ("histoviewer.desktop", "histoviewer.png", "histoviewer-mime.xml",
+                 "io.github.histoviewer.HistoViewer.metainfo.xml"):  # --install-desktop needs them
+        assert f"viewer/resources/{name}" in names
     assert "viewer/cli.py" in names and "viewer/gui/__init__.py" in names
     # every module of the source tree is in the wheel (pyproject lists packages explicitly)
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "viewer").rglob("*.py") if "__pycache__" not in p.parts}
@@ -33,4 +36,4 @@ def test_wheel_contains_bundled_model_and_card(tmp_path: Path) -> None:
     assert not missing, f"not packaged (add the package to [tool.setuptools] packages): {missing}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheels[0]).read(entry_points).decode()
-    assert "histoviewer = viewer.cli:main" in text
+    assert "histoviewer = viewer.launcher:main" in text

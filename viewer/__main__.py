@@ -2,6 +2,6 @@
 
 import sys
 
-from viewer.cli import main
+from viewer.launcher import main
 
 sys.exit(main())

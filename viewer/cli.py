@@ -1,8 +1,9 @@
 """The ``histoviewer`` command.
 
-``histoviewer [IMAGE]`` opens the GUI; the subcommands do the same work headless. Each
-subcommand lives in ``viewer.commands.<name>`` and exposes ``register(subparsers)``, which adds
-its parser and sets ``func(args) -> int``.
+``histoviewer [IMAGE]`` opens the GUI (through the ``gui`` callable that :mod:`viewer.launcher`, the
+console script, passes to :func:`main`: this module never imports Qt); the subcommands do the
+same work headless. Each subcommand lives in ``viewer.commands.<name>`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 
 Exit codes: 0 success, 1 internal error (a bug: ``--debug`` shows the traceback), 2 bad input
 (one line on stderr naming the file and the problem; also bad options), 130 interrupted.
@@ -21,9 +22,9 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from viewer import __version__
+from viewer import __version__, desktop_integration
 from viewer.errors import InputError
 
 COMMANDS = ("prepare", "train", "evaluate", "heatmap", "export", "info", "export-geojson", "batch", "annotations")
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    desktop_integration.add_arguments(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"viewer.commands.{name.replace('-', '_')}")
@@ -88,7 +90,7 @@ def _gui_parser() -> argparse.ArgumentParser:
 
 def _wants_gui(argv: Sequence[str]) -> bool:
     for arg in argv:
-        if arg in ("-h", "--help", "--version"):
+        if arg in ("-h", "--help", "--version", *desktop_integration.OPTIONS):
             return False
         if arg.startswith("-"):
             continue
@@ -109,15 +111,16 @@ def _check_not_a_mistyped_command(argv: Sequence[str]) -> None:
         raise InputError(f"unknown command '{first}'; did you mean '{close[0]}'? (see '{PROG} --help')")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``histoviewer`` console script; returns the exit code."""
+def main(argv: Sequence[str] | None = None, gui: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Run ``histoviewer`` with ``argv``; returns the exit code. ``gui`` opens the window
+    (:func:`viewer.launcher.open_window`); without it, the window is refused with exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     state = {"debug": "--debug" in argv}  # also set by _run when argparse sees an abbreviation
     if state["debug"]:
         os.environ["HISTOVIEWER_DEBUG"] = "1"  # lets import_keras show TensorFlow's native logs
     try:
         with _quiet_libraries(enabled=not state["debug"]):
-            return _run(argv, state)
+            return _run(argv, state, gui)
     except InputError as exc:
         return _fail(EXIT_INPUT, f"{PROG}: error: {exc}", state["debug"])
     except KeyboardInterrupt:
@@ -146,16 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal(exc, state["debug"])
 
 
-def _run(argv: list[str], state: dict) -> int:
+def _run(argv: list[str], state: dict, gui: Callable[[argparse.Namespace], int] | None) -> int:
     if _wants_gui(argv):
         _check_not_a_mistyped_command(argv)
         args = _gui_parser().parse_args(argv)
-        try:
-            # Qt is imported only when the GUI is wanted, by name so the core stays Qt-free.
-            app = importlib.import_module("viewer.gui.app")
-        except ImportError as exc:
-            raise _GuiUnavailable(exc) from exc
-        return int(app.run_gui(args.image, annotations=args.annotations, model=args.model) or 0)
+        if gui is None:
+            raise InputError(f"no window from viewer.cli.main; run '{PROG}' (viewer.launcher) to open the viewer")
+        return int(gui(args) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "debug", False):
@@ -163,13 +163,17 @@ def _run(argv: list[str], state: dict) -> int:
         os.environ["HISTOVIEWER_DEBUG"] = "1"
         logging.disable(logging.NOTSET)
         warnings.resetwarnings()
+    if args.command is None and args.desktop:
+        return desktop_integration.run(args.desktop)
     if args.command is None:
         parser.print_help()
         return EXIT_OK
     return int(args.func(args) or 0)
 
 
-class _GuiUnavailable(Exception):
+class GuiUnavailable(Exception):
+    """Qt cannot be imported (a broken install): one line and exit 1; the commands still work."""
+
     def __init__(self, exc: ImportError) -> None:
         super().__init__(
             f"cannot start the viewer window ({_one_line(str(exc)) or type(exc).__name__}); "
@@ -201,7 +205,7 @@ def _internal(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc)
         return EXIT_INTERNAL
-    if isinstance(exc, _GuiUnavailable):
+    if isinstance(exc, GuiUnavailable):
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     detail = _one_line(str(exc))

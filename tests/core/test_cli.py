@@ -376,18 +376,24 @@ def test_gui_is_chosen_only_without_a_command():
 
 
 def test_gui_unavailable_is_a_short_message(capsys, monkeypatch, tmp_path):
-    real_import = importlib.import_module
+    """A broken Qt install: the launcher's import of the GUI fails; one line, exit 1."""
+    from viewer import launcher
 
-    def no_qt(name, *args, **kwargs):
-        if name == "viewer.gui.app":
-            raise ImportError("libEGL.so.1: cannot open shared object file")
-        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(launcher, "display_problem", lambda **_: None)
+    monkeypatch.setitem(sys.modules, "viewer.gui.app", None)  # makes the import raise ImportError
+    image = tmp_path / "x.tif"
+    image.write_bytes(b"x")
+    code = launcher.main([str(image)])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1 and "cannot start the viewer window" in err
 
-    monkeypatch.setattr(cli.importlib, "import_module", no_qt)
+
+def test_cli_main_without_a_window_refuses_the_gui(capsys, tmp_path):
+    """viewer.cli never imports the GUI: only the launcher passes it a way to open the window."""
     image = tmp_path / "x.tif"
     image.write_bytes(b"x")
     code, _, err = run(capsys, image)
-    assert code == 1 and len(err.splitlines()) == 1 and "cannot start the viewer window" in err and "libEGL" in err
+    assert_bad_input(code, err, "viewer.launcher")
 
 
 # --------------------------------------------------------------------------- real subprocesses

@@ -111,3 +111,26 @@ def test_import_linter_runs_with_pyproject_as_is():
         pytest.skip("import-linter is not installed")
     result = subprocess.run([exe, "--no-cache"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_core_module_is_in_the_contract_except_the_launcher():
+    """A new core module must be added to the contract; only viewer.launcher stays outside it
+    (the one module outside viewer.gui that imports the GUI) and has a contract of its own."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = data["tool"]["importlinter"]["contracts"]
+    core = next(c for c in contracts if "viewer.gui" in c.get("forbidden_modules", []))
+    top = {f"viewer.{m.name}" for m in pkgutil.iter_modules(viewer.__path__)} - {"viewer.gui", "viewer.__main__"}
+    assert sorted(top - set(core["source_modules"])) == ["viewer.launcher"]
+    launcher = next(c for c in contracts if c.get("source_modules") == ["viewer.launcher"])
+    assert "PySide6" in launcher["forbidden_modules"]
+
+
+def test_commands_through_the_launcher_import_no_qt(tmp_path):
+    """The console script is viewer.launcher:main: a subcommand run through it never loads Qt."""
+    import numpy as np
+    import tifffile
+
+    image = tmp_path / "x.tif"
+    tifffile.imwrite(image, np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    loaded = imported_after(f"from viewer.launcher import main\nassert main(['info', {str(image)!r}]) == 0")
+    assert not (top_level(loaded) & set(QT_MODULES)) and not [m for m in loaded if m.startswith("viewer.gui")]

@@ -54,6 +54,8 @@ class Actions:
     """Analysis › CPU Threads: 0 = every core, else that many threads; ``data()`` holds it."""
     thread_group: QActionGroup
     about: QAction
+    shortcuts: QAction
+    """Help › Keyboard Shortcuts: the table is made from these actions (shortcuts_dialog.py)."""
     recent_menu: QMenu
 
 
@@ -184,7 +186,8 @@ def build_actions(window: QMainWindow) -> Actions:
         precision_group=precision_group,
         thread_limits=thread_limits,
         thread_group=thread_group,
-        about=_action(window, "&About HistoViewer", tip="Version and model card"),
+        about=_action(window, "&About HistoViewer", tip="Version, model card and third-party licences"),
+        shortcuts=_action(window, "&Keyboard Shortcuts", [Key.HelpContents], "Every command that has a key"),
         recent_menu=QMenu("Open &Recent", window),
     )
 
@@ -221,7 +224,7 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     threads_menu.addActions(list(a.thread_limits.values()))
     analysis.addAction(a.auto_run)
     help_menu = bar.addMenu("&Help")
-    help_menu.addAction(a.about)
+    help_menu.addActions([a.shortcuts, a.about])
 
     toolbar = QToolBar("Main toolbar", window)
     toolbar.setObjectName("main_toolbar")  # saveState() needs a name to restore it

@@ -16,6 +16,7 @@ from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from viewer import __version__
+from viewer.gui import startup_probe
 from viewer.gui.icon import app_icon
 from viewer.gui.main_window import APP_NAME, MainWindow
 from viewer.gui.settings import APPLICATION, ORGANISATION
@@ -33,7 +34,7 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName(APP_NAME)
     app.setApplicationVersion(__version__)
-    app.setDesktopFileName("histoviewer")  # matches packaging/histoviewer.desktop
+    app.setDesktopFileName("histoviewer")  # matches resources/histoviewer.desktop
     app.setWindowIcon(app_icon())
     return app
 
@@ -79,6 +80,7 @@ def run_gui(image: str | None = None, *, annotations: str | None = None, model: 
     window.show()
     if os.environ.get(FIRST_VIEW_ENV):
         _FirstViewReporter(window)
+    startup_probe.install(window, image)
     sys.excepthook = _report_internal_error
     # Start the model load and the file read once the event loop runs, so the window paints first.
     QTimer.singleShot(0, lambda: window.start(image, annotations))

@@ -159,9 +159,11 @@ class ExportController(QObject):
         return False
 
     def _suggest(self, ending: str) -> str:
+        """A name in the folder of the last export, or else the image's own folder."""
         opened = self._document.opened
         stem = opened.slide.path.stem if opened else "histoviewer"
-        return str(Path(self._settings.last_folder("exports")) / f"{stem}_{ending}")
+        folder = self._settings.last_folder("exports", fallback=opened.slide.path.parent if opened else None)
+        return str(Path(folder) / f"{stem}_{ending}")
 
     def _run(self, func: Callable[..., Path], *args: Any) -> None:
         self._status.showMessage("Exporting…")

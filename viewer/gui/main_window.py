@@ -40,6 +40,7 @@ from viewer.gui.layers_panel import LayersPanel
 from viewer.gui.model_controller import ModelController
 from viewer.gui.placeholder import Placeholder
 from viewer.gui.settings import Settings
+from viewer.gui.shortcuts_dialog import ShortcutsDialog
 from viewer.gui.status import StatusBar
 from viewer.gui.worker import ensure_thread_capacity, wait_for_workers
 from viewer.slide import IMAGE_SUFFIXES
@@ -208,6 +209,7 @@ class MainWindow(QMainWindow):
         a.export_legend.toggled.connect(self.settings.set_export_legend)
         a.window_step_group.triggered.connect(lambda action: heatmaps.set_window_step(action.data()))
         a.about.triggered.connect(lambda: AboutDialog(self.model_path, self).exec())
+        a.shortcuts.triggered.connect(lambda: ShortcutsDialog(self).exec())
         self.placeholder.open_requested.connect(documents.choose_image)
         self.layers_panel.changed.connect(self._apply_layers)
         self.agreement_panel.export_requested.connect(exports.export_agreement)

@@ -92,9 +92,12 @@ class Settings:
         self._store.setValue("recent/files", [])
 
     # Folders ----------------------------------------------------------------------------
-    def last_folder(self, kind: str) -> str:
-        folder = self._store.value(f"folders/{kind}")
-        return str(folder) if folder and Path(str(folder)).is_dir() else str(Path.home())
+    def last_folder(self, kind: str, fallback: str | Path | None = None) -> str:
+        """The folder last used for ``kind``; else ``fallback`` (e.g. the image's folder); else home."""
+        for folder in (self._store.value(f"folders/{kind}"), fallback):
+            if folder and Path(str(folder)).is_dir():
+                return str(folder)
+        return str(Path.home())
 
     def set_last_folder(self, kind: str, path: str | Path) -> None:
         path = Path(path)
