@@ -74,14 +74,18 @@ def main() -> int:
     viewer.model.build_convnet = build_probe_network
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    sampler, val, split, loaded = load_training_data(args.data, config, log)
-    val_images = loaded["val"] if args.monitor == "val_heatmap_auc" else None
-    model, history, best_epoch, _ = train_model(sampler, val, config, log, val_images=val_images)
+    data = load_training_data(args.data, config, log)
+    val_images = data.val_images if args.monitor == "val_heatmap_auc" else None
+    model, history, best_epoch, _ = train_model(data.sampler, data.val, config, log, val_images=val_images)
     log(f"probe network: {model.count_params():,} parameters; best epoch {best_epoch}; "
         f"{time.perf_counter() - t0:.0f} s")
+    from viewer.dataset import find_dataset, load_labelled, select_entries
+
+    entries = find_dataset(args.data)
     results = {}
     for part in ("train", "val", "test"):
-        res = evaluate_images(model, loaded[part], seed=args.seed)
+        images = [load_labelled(e) for e in select_entries(entries, data.split[part], args.data)]
+        res = evaluate_images(model, images, seed=args.seed)
         results[part] = {k: res[k] for k in ("accuracy", "auc", "heatmap_auc", "confusion")}
         results[part]["heatmap_auc_per_image"] = res.get("heatmap_auc_per_image")
         print(f"{part:5s}  patch accuracy {res['accuracy']:.4f}  patch AUC {res['auc']:.4f}  "

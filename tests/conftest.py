@@ -88,35 +88,3 @@ def synthetic_dataset(tmp_path):
         return write_synthetic_dataset(tmp_path / name, **kwargs)
 
     return make
-
-
-def naive_compute_heatmap(image, model, stride=8):
-    """Reference sliding-window heatmap: cell (r, c) = P(window with top-left (stride*c, stride*r))."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    h, w = image.shape[:2]
-    rows, cols = (h - 32) // stride + 1, (w - 32) // stride + 1
-    windows = sliding_window_view(image, (32, 32, 3))[::stride, ::stride, 0][:rows, :cols].reshape(-1, 32, 32, 3)
-    out = []
-    for start in range(0, len(windows), 4096):
-        batch = windows[start : start + 4096].astype(np.float32) / 255.0
-        out.append(np.asarray(model(batch, training=False)).reshape(-1))
-    return np.concatenate(out).reshape(rows, cols).astype(np.float32)
-
-
-@pytest.fixture
-def heatmap_engine(monkeypatch):
-    """Make ``viewer.heatmap.compute_heatmap`` importable: the real one when it exists, otherwise
-    (only while it is being written) :func:`naive_compute_heatmap`, which has the same contract."""
-    import sys
-    import types
-
-    try:
-        import viewer.heatmap  # noqa: F401
-
-        return "viewer.heatmap"
-    except ImportError:
-        module = types.ModuleType("viewer.heatmap")
-        module.compute_heatmap = naive_compute_heatmap
-        monkeypatch.setitem(sys.modules, "viewer.heatmap", module)
-        return "naive stand-in"

@@ -22,6 +22,7 @@ import numpy as np
 
 from viewer import DEFAULT_STRIDE, PATCH_SIZE
 from viewer.annotations import TUMOUR_CLASS, Annotations
+from viewer.heatmap.engine import heatmap_shape
 from viewer.metrics import all_class_points, heatmap_scores_and_labels, roc_auc
 
 
@@ -76,7 +77,7 @@ def agreement(
 ) -> AgreementResult:
     """Per-class mean probability at annotated points and the heatmap AUC (see module docs)."""
     hm = np.asarray(heatmap, dtype=np.float64)
-    expected = ((int(image_height) - PATCH_SIZE) // stride + 1, (int(image_width) - PATCH_SIZE) // stride + 1)
+    expected = heatmap_shape(image_height, image_width, stride)
     if hm.shape != expected:
         raise ValueError(
             f"heatmap shape {hm.shape} does not match a {image_width}x{image_height} image at stride {stride} "

@@ -33,8 +33,11 @@ IGNORE = -1
 
 
 def _as_1d(values, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    return arr
+    """``values`` as a flat float64 array; a ValueError that names the argument otherwise."""
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numbers ({exc})") from None
 
 
 def roc_auc(labels, scores) -> float:
@@ -116,11 +119,6 @@ def _finite_or_none(value: float) -> float | None:
 
 
 # --------------------------------------------------------------------------- heatmap labelling
-
-
-def grid_shape(width: int, height: int, stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
-    """Shape (rows, cols) of the heatmap of a width x height image."""
-    return ((int(height) - PATCH_SIZE) // stride + 1, (int(width) - PATCH_SIZE) // stride + 1)
 
 
 def clear_window_mask(
@@ -208,7 +206,8 @@ def heatmap_auc(
 
 
 def pooled_heatmap_auc(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
-    """AUC over the (labels, scores) of several heatmaps pooled together."""
+    """AUC over the (labels, scores) of several heatmaps pooled together (from
+    :func:`heatmap_scores_and_labels`): the one pooled heatmap AUC of evaluate and train."""
     labels: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     for lab, sc in pairs:
@@ -225,3 +224,83 @@ def all_class_points(annotations, width: int, height: int, classes: Sequence[str
     arrays = [annotations.pixel_points(name, width, height) for name in names]
     arrays = [a for a in arrays if len(a)]
     return np.concatenate(arrays, axis=0) if arrays else np.empty((0, 2))
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_intervals(
+    patches: Sequence[tuple[np.ndarray, np.ndarray]],
+    windows: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    threshold: float = 0.5,
+) -> dict:
+    """Percentile bootstrap intervals of the pooled patch accuracy and AUC and, with ``windows``,
+    of the pooled heatmap AUC, resampling whole *units* (images) with replacement.
+
+    ``patches`` and ``windows`` hold one ``(labels, scores)`` pair per unit, in the same order.
+    Each resample draws as many units as there are, with replacement, from
+    ``numpy.random.default_rng(seed)``, and recomputes every figure over the drawn units pooled
+    (a unit drawn twice counts twice). With few units the interval is coarse: 4 images allow
+    only 35 distinct resamples.
+    """
+    n_units = len(patches)
+    if n_units == 0 or resamples < 1:
+        raise ValueError("the bootstrap needs at least one unit and one resample")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_units, size=(int(resamples), n_units))
+    counts = np.zeros((int(resamples), n_units))
+    np.add.at(counts, (np.repeat(np.arange(int(resamples)), n_units), draws.ravel()), 1.0)
+    labels = [_as_1d(y, "labels") for y, _ in patches]
+    scores = [_as_1d(s, "scores") for _, s in patches]
+    correct = np.array([((s >= threshold).astype(int) == y.astype(int)).sum() for y, s in zip(labels, scores)], float)
+    sizes = np.array([y.size for y in labels], float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (counts @ correct) / (counts @ sizes)
+    out = {"method": "percentile bootstrap", "resamples": int(resamples), "seed": int(seed), "level": level,
+           "units": n_units}
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out["accuracy"] = _percentiles(acc, q)
+    out["auc"] = _percentiles(_weighted_aucs(labels, scores, counts), q)
+    if windows is not None:
+        out["heatmap_auc"] = _percentiles(_weighted_aucs([_as_1d(y, "labels") for y, _ in windows],
+                                                         [_as_1d(s, "scores") for _, s in windows], counts), q)
+    return out
+
+
+def _percentiles(values: np.ndarray, q: list[float]) -> list[float] | None:
+    finite = values[np.isfinite(values)]
+    return [round(float(v), 6) for v in np.percentile(finite, q)] if finite.size else None
+
+
+def _weighted_aucs(labels: list[np.ndarray], scores: list[np.ndarray], counts: np.ndarray) -> np.ndarray:
+    """The pooled ROC AUC for every row of ``counts`` (units x weights), units weighted by count.
+
+    One sort for all resamples: the scores are cut into runs of equal value; per run and unit the
+    positives and negatives are counted; a resample's AUC is then the Mann-Whitney sum over runs
+    of ``P_run * (negatives below + N_run / 2)``, ties counting one half as in :func:`roc_auc`."""
+    n_units = len(labels)
+    s = np.concatenate(scores)
+    y = np.concatenate(labels) == 1
+    unit = np.concatenate([np.full(v.size, i) for i, v in enumerate(labels)])
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    run = np.concatenate([[0], np.cumsum(s_sorted[1:] != s_sorted[:-1])])
+    n_runs = int(run[-1]) + 1 if run.size else 0
+    key = run * n_units + unit[order]
+    pos = np.bincount(key[y[order]], minlength=n_runs * n_units).reshape(n_runs, n_units).astype(np.float32)
+    neg = np.bincount(key[~y[order]], minlength=n_runs * n_units).reshape(n_runs, n_units).astype(np.float32)
+    out = np.empty(len(counts))
+    chunk = max(1, min(64, 4_000_000 // max(n_runs, 1)))  # bounds the (runs x resamples) arrays to ~32 MB
+    for start in range(0, len(counts), chunk):
+        w = counts[start : start + chunk].T.astype(np.float32)  # (units, resamples)
+        p, n = (pos @ w).astype(np.float64), (neg @ w).astype(np.float64)
+        below = np.cumsum(n, axis=0) - n
+        u = (p * (below + 0.5 * n)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + chunk] = u / (p.sum(axis=0) * n.sum(axis=0))
+    return out

@@ -147,7 +147,10 @@ def file_sha256(path: str | Path) -> str:
 
 METADATA_MEMBER = "histoviewer.json"
 """Extra member of a ``.keras`` zip holding what HistoViewer records about a model (Keras
-ignores members it does not know): at least ``resolution`` ``{"mpp", "objective_power"}``."""
+ignores members it does not know): at least ``resolution`` ``{"mpp", "objective_power"}``; a model
+written by ``histoviewer train`` also has ``split`` (the image names per part, or the patches per
+part), ``data`` (the folder's fingerprint), ``config``, ``command``, ``program`` (version, git
+commit) and ``environment`` (see :mod:`viewer.train`)."""
 
 BRECAHAD_RESOLUTION = {"mpp": 0.25, "objective_power": 40}
 """The resolution of models trained on BreCaHAD: 40x, taken as 0.25 µm per pixel.
@@ -187,7 +190,8 @@ def write_model_metadata(path: str | Path, data: dict) -> None:
             for item in source.infolist():
                 if item.filename != METADATA_MEMBER:
                     target.writestr(item, source.read(item.filename))
-            target.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            target.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n",
+                            compress_type=zipfile.ZIP_DEFLATED)
 
 
 def append_model_metadata(path: str | Path, data: dict) -> None:
@@ -196,7 +200,9 @@ def append_model_metadata(path: str | Path, data: dict) -> None:
     import json
 
     with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        # Deflated: a patch-split record lists every patch (~100 KB of JSON, a fifth compressed).
+        archive.writestr(METADATA_MEMBER, json.dumps(data, indent=2, sort_keys=True) + "\n",
+                         compress_type=zipfile.ZIP_DEFLATED)
 
 
 def model_mpp(path: str | Path) -> float | None:

@@ -36,6 +36,13 @@ from viewer.heatmap import heatmap_shape
 if TYPE_CHECKING:  # pragma: no cover
     from viewer.heatmap.data import HeatmapData
 
+DEFAULT_THRESHOLD = 0.5
+"""Cells below this probability are not drawn, in the viewer and in every export alike: likely
+tumour only, so the tissue under the rest stays readable (0 would veil all tissue)."""
+
+DEFAULT_OPACITY = 0.45
+"""Heatmap alpha of the viewer and of every export."""
+
 OVERLAY_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 """Output types :func:`save_overlay` writes, by file suffix."""
 
@@ -59,9 +66,9 @@ class OverlayStyle:
 
     show_heatmap: bool = True
     show_annotations: bool = True
-    opacity: float = 0.45
+    opacity: float = DEFAULT_OPACITY
     colormap: str = DEFAULT_COLORMAP
-    threshold: float = 0.0
+    threshold: float = DEFAULT_THRESHOLD
     visible_classes: tuple[str, ...] | frozenset[str] | None = None
     marker_radius: int = 10
     legend: bool = False

@@ -9,13 +9,14 @@ import pytest
 
 from viewer.agreement import AgreementResult, agreement, agreement_to_csv, sample_at_points
 from viewer.annotations import Annotations
-from viewer.metrics import grid_shape, heatmap_auc, heatmap_window_labels
+from viewer.heatmap import heatmap_shape
+from viewer.metrics import heatmap_auc, heatmap_window_labels
 
 W, H, S = 200, 160, 8
 
 
 def test_sample_picks_the_cell_with_the_nearest_window_centre():
-    rows, cols = grid_shape(W, H, S)
+    rows, cols = heatmap_shape(H, W, S)
     hm = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
     # Centre of cell (r=3, c=5) is (56, 40); 3 px off still maps to it; 5 px off maps to the next.
     pts = np.array([[56, 40], [59, 37], [61, 40], [56, 45], [10, 40], [12.1, 40], [W - 1, H - 1]], dtype=float)
@@ -28,7 +29,7 @@ def test_sample_picks_the_cell_with_the_nearest_window_centre():
 
 
 def test_agreement_means_skips_nan_and_shares_the_evaluate_auc():
-    rows, cols = grid_shape(W, H, S)
+    rows, cols = heatmap_shape(H, W, S)
     tumour = np.array([[56.0, 40.0], [150.0, 100.0], [2.0, 2.0]])
     other = np.array([[120.0, 30.0]])
     ann = Annotations.from_pixels({"tumor": tumour, "non_tumor": other, "mitosis": []}, W, H)
@@ -65,7 +66,7 @@ def test_agreement_rejects_a_heatmap_of_the_wrong_shape():
 
 
 def test_agreement_csv_is_written_atomically(tmp_path):
-    rows, cols = grid_shape(W, H, S)
+    rows, cols = heatmap_shape(H, W, S)
     ann = Annotations.from_pixels({"tumor": [[56, 40]]}, W, H)
     hm = np.full((rows, cols), 0.25, np.float32)
     result = agreement(hm, ann, W, H)

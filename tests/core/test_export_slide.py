@@ -124,7 +124,7 @@ def test_smooth_interpolates_between_cell_centres_and_keeps_nan_transparent():
     slide = PlainSlide("purple.tif", np.tile(purple, (40, 56, 1)))
     grid = AnalysisGrid((0, 0), 1.0, 56, 40, 8)  # 2 x 4 cells, centres x = 16, 24, 32, 40
     values = np.array([[np.nan, 1.0, 0.5, 0.0]] * 2, np.float32)
-    style = OverlayStyle(opacity=1.0, colormap="gray", show_annotations=False, smooth=True)
+    style = OverlayStyle(opacity=1.0, colormap="gray", show_annotations=False, smooth=True, threshold=0.0)
     heat = ArrayHeatmap(values, grid)
     smooth = render_array(OverlayRenderer.for_region(slide, heat, None, style))
     nearest = render_array(OverlayRenderer.for_region(slide, heat, None, dataclasses.replace(style, smooth=False)))
@@ -300,7 +300,9 @@ def test_end_to_end_bundled_model_on_a_pyramidal_slide(tmp_path, capsys):
     """The real bundled model through `histoviewer export` on a synthetic 3-level slide."""
     slide = write_pyramidal_tiff(tmp_path / "tissue.tif", 640, 512, tile=128, levels=3, mpp=0.25)
     out = tmp_path / "tissue_overlay.tif"
-    assert main(["export", str(slide), "--out", str(out), "--no-tissue-mask", "--tile-size", "256", "--quiet"]) == 0
+    # --threshold 0 draws every cell (the default 0.5 draws likely tumour only, maybe nothing here).
+    assert main(["export", str(slide), "--out", str(out), "--no-tissue-mask", "--tile-size", "256", "--quiet",
+                 "--threshold", "0"]) == 0
     assert "3 levels" in capsys.readouterr().out
     with tifffile.TiffFile(out) as tif:
         levels = tif.series[0].levels

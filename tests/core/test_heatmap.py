@@ -564,9 +564,22 @@ def test_bad_inputs_are_refused(model):
         hm.compute_heatmap(np.zeros((40, 40, 3), np.uint8), model, method="fast")
 
 
-def test_warm_up_runs(model):
+def test_warm_up_traces_the_engine_and_computes_its_first_tiles():
+    from viewer.heatmap import engine
+
+    model = build_convnet(seed=3)  # a model no other test has warmed
+    assert model not in engine._ENGINES
+    tiles = hm._STATS["tiles"]
     hm.warm_up(model, 8)
-    hm.warm_up(model, 8, (100, 120))
+    engines = engine._ENGINES[model]
+    assert (8, "float32") in engines.exact and hm._STATS["tiles"] == tiles + 1  # one interactive tile
+    traced = engines.exact[(8, "float32")]
+    tiles = hm._STATS["tiles"]
+    hm.warm_up(model, 8, (300, 400))  # the bulk plan's tile shapes, plus the interactive one
+    assert hm._STATS["tiles"] > tiles and engines.exact[(8, "float32")] is traced  # traced once, reused
+    assert engines.windows is None
+    hm.warm_up(model, 6)  # a stride off the pooling grid: the batched-window engine is traced
+    assert engines.windows is not None
 
 
 def test_importing_the_core_loads_no_tensorflow_keras_or_qt():

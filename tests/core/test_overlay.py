@@ -175,3 +175,19 @@ def test_save_overlay_refuses_bad_targets(tmp_path, grey):
         save_overlay(np.array(grey), tmp_path / "missing" / "o.png")
     with pytest.raises(ValueError):
         save_overlay(np.zeros((4, 4), np.uint8), tmp_path / "o.png")
+
+
+def test_export_and_the_viewer_share_their_defaults_from_one_place():
+    """`histoviewer export` with no options draws what the viewer shows on first start."""
+    import argparse
+
+    from viewer.commands import export as export_command
+    from viewer.gui.layers import LayerState  # a plain dataclass: no Qt is imported
+    from viewer.overlay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
+
+    parser = argparse.ArgumentParser()
+    export_command.register(parser.add_subparsers())
+    args = parser.parse_args(["export", "in.tif", "--out", "o.png"])
+    assert args.threshold == LayerState().threshold == OverlayStyle().threshold == DEFAULT_THRESHOLD == 0.5
+    assert args.opacity == LayerState().opacity == OverlayStyle().opacity == DEFAULT_OPACITY
+    assert export_command.style_from_args(args) == LayerState().overlay_style((), args.stride)

@@ -321,7 +321,7 @@ def test_bfloat16_agrees_with_float32_on_held_out_brecahad_images(shared_data_di
     from viewer.evaluate import choose_images, evaluate_images
 
     model = load_model()
-    entries, source = choose_images(shared_data_dir, bundled_model_path(), "test", 0)
+    entries, source = choose_images(shared_data_dir, bundled_model_path(), "test")
     images = [load_labelled(e) for e in entries]
     assert len(images) >= 3, source
     diffs, flips, cells = [], 0, 0

@@ -16,8 +16,7 @@ from viewer import DEFAULT_STRIDE
 from viewer.agreement import agreement
 from viewer.cli import main as cli_main
 from viewer.gui.settings import WINDOW_STEPS, Settings, qsettings
-from viewer.heatmap import compute_heatmap, heatmap_rect, pixel_to_cell
-from viewer.metrics import grid_shape
+from viewer.heatmap import compute_heatmap, heatmap_rect, heatmap_shape, pixel_to_cell
 
 
 def _checked_steps(window) -> list[int]:
@@ -48,11 +47,11 @@ def test_16_px_reruns_the_heatmap_and_every_reader_follows(qtbot, make_window, o
     window = make_window()
     open_and_wait(window, small_image)
     run_heatmap(window)
-    assert window.heatmap.shape == grid_shape(200, 160, 8)
+    assert window.heatmap.shape == heatmap_shape(160, 200, 8)
 
     _choose_step(qtbot, window, 16)
     assert _checked_steps(window) == [16] and window.window_step == window.heatmap_stride == 16
-    shape = grid_shape(200, 160, 16)
+    shape = heatmap_shape(160, 200, 16)
     assert window.heatmap.shape == shape and window.heatmap_complete
     expected = compute_heatmap(window.opened.slide.read_all(), window.model, stride=16)
     np.testing.assert_allclose(window.heatmap, expected, atol=1e-5)
@@ -105,7 +104,7 @@ def test_changing_the_step_mid_run_restarts_at_the_new_step(qtbot, make_window, 
         assert window.runner.current.stride == 16
         gated_engine.set()  # the old run may go on now: none of its tiles may be painted
     assert painted_strides and set(painted_strides) == {16}
-    assert window.heatmap.shape == grid_shape(900, 700, 16) and np.isfinite(window.heatmap).all()
+    assert window.heatmap.shape == heatmap_shape(700, 900, 16) and np.isfinite(window.heatmap).all()
     assert "window step 16 px" in window.layers_panel.heatmap_info.text()
 
 
@@ -121,7 +120,7 @@ def test_a_step_chosen_before_a_run_only_records_the_choice(qtbot, make_window, 
     assert _checked_steps(window) == [4]
 
     run_heatmap(window)
-    assert window.heatmap_stride == 4 and window.heatmap.shape == grid_shape(200, 160, 4)
+    assert window.heatmap_stride == 4 and window.heatmap.shape == heatmap_shape(160, 200, 4)
     np.testing.assert_allclose(window.heatmap, compute_heatmap(window.opened.slide.read_all(), window.model, stride=4),
                                atol=1e-5)
 
@@ -187,6 +186,6 @@ def test_switching_steps_and_reloading_models_survive_tensorflow_imported_in_a_w
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("STEP")]
-    assert lines == [["STEP", str(step), *map(str, grid_shape(200, 160, step))] for step in (16, 4)]
+    assert lines == [["STEP", str(step), *map(str, heatmap_shape(160, 200, step))] for step in (16, 4)]
     reloaded = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RELOADED")]
-    assert reloaded == [list(map(str, grid_shape(200, 160, 4)))] * 2
+    assert reloaded == [list(map(str, heatmap_shape(160, 200, 4)))] * 2

@@ -7,37 +7,47 @@ import json
 import sys
 
 DESCRIPTION = """\
-Measure a model on BreCaHAD-layout images.
+Measure a model on BreCaHAD-layout images it was not trained on.
 
-Which images (--split):
-  test (default) / val: the split recorded beside the model - MODEL.metrics.json, or
-      training_metrics.json naming the model file (the bundled model ships one) - if present;
-      otherwise the 70/15/15 split recomputed from --seed and the sorted image names of --data
-      (the same function 'train' and 'prepare' use). The output says which was used.
-  all: every annotated image in --data.
+Which images: the split recorded inside the model file by 'histoviewer train' (image names per
+part, the data's fingerprint, the seeds); nothing is recomputed from seeds.
+  --split test (default) / val: that part of the recorded split. Refused (one line, exit 2) when
+      the model records no split, when --data lacks one of those images, or when one of them is
+      a training image of the model.
+  --split all: every annotated image of --data, training images included; labelled as such.
+  --images A,B,...: just these images (names without extension); refused if any is a training
+      image of the model.
+A model trained with --split patches (the paper's protocol) is measured on its recorded test
+(or val) patches: patch metrics only, since its images also gave training patches.
 
 Patch metrics: one 32x32 patch per tumour point (centred; clamped at the border) and the same
-number of seeded non-tumour windows (no annotated point of any class inside the window expanded
-by 4 px); accuracy at threshold 0.5, ROC AUC, confusion matrix [[TN, FP], [FN, TP]].
+number of non-tumour windows seeded by --seed (no annotated point of any class inside the window
+expanded by 4 px); accuracy at threshold 0.5, ROC AUC, confusion matrix [[TN, FP], [FN, TP]].
 Heatmap AUC: over the stride-8 heatmap windows of every image: positives are windows whose
 centre lies within 8 px of a tumour point, negatives windows with no annotated point (any class)
-inside the window expanded by 4 px; all other windows are ignored. --precision bfloat16 computes
-those heatmaps in bfloat16 (where the CPU has it), to see what it changes; patch metrics are
-always float32.
+inside the window expanded by 4 px; all other windows are ignored. Pooled over the images, and
+per image. --precision bfloat16 computes those heatmaps in bfloat16 (where the CPU has it), to
+see what it changes; patch metrics are always float32.
+Intervals: 95 % percentile bootstrap over images (the independent units; a patch-split model:
+over patches), --resamples resamples (default 2000) seeded by --seed. With 4 images the
+interval is coarse: only 35 distinct resamples exist.
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="patch accuracy/AUC and heatmap AUC of a model on held-out images",
+        help="patch accuracy/AUC, heatmap AUC and bootstrap intervals of a model on held-out images",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="BreCaHAD-layout folder (images/, groundTruth/)")
     parser.add_argument("--model", default=None, metavar="MODEL.keras", help="model to evaluate (default: the bundled model)")
-    parser.add_argument("--split", choices=("test", "val", "all"), default="test", help="which images (default test; see above)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the non-tumour sampling, and of the split when none is recorded (default 0)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--split", choices=("test", "val", "all"), default="test", help="which images (default test; see above)")
+    which.add_argument("--images", default=None, metavar="NAME[,NAME...]", help="just these images (not training images of the model)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the non-tumour patches and the bootstrap (default 0)")
+    parser.add_argument("--resamples", type=int, default=2000, metavar="N", help="bootstrap resamples, 0 = no intervals (default 2000)")
     parser.add_argument("--no-heatmap", action="store_true", help="skip the heatmap AUC (faster)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     from viewer.commands.heatmap import add_compute_options
@@ -48,18 +58,28 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from viewer.commands.heatmap import check_threads
+    from viewer.errors import InputError
     from viewer.evaluate import run_evaluation
 
     check_threads(args.threads)
     progress = None if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    images = None
+    if args.images is not None:
+        images = [name.strip() for name in args.images.split(",") if name.strip()]
+        if not images:
+            raise InputError("--images needs at least one image name")
     report = run_evaluation(args.data, args.model, split=args.split, seed=args.seed,
                             heatmap=not args.no_heatmap, progress=progress,
-                            precision=args.precision, threads=args.threads)
+                            precision=args.precision, threads=args.threads, images=images,
+                            resamples=args.resamples)
     if args.json:
         print(json.dumps(report))
         return 0
     tn_fp, fn_tp = report["confusion"]
-    print(f"model:       {report['model']} (sha256 {report['model_sha256'][:12]})")
+    trained = report.get("model_trained_at") or {}
+    at = f", trained by histoviewer {trained.get('version')}" if trained.get("version") else ""
+    at += f" at commit {trained['git_commit'][:10]}" if trained.get("git_commit") else ""
+    print(f"model:       {report['model']} (sha256 {report['model_sha256'][:12]}{at})")
     print(f"images:      {', '.join(report['images'])}")
     print(f"             ({report['split_source']})")
     print(f"patches:     {report['n_positive']} tumour + {report['n_negative']} non-tumour")
@@ -73,9 +93,21 @@ def run(args) -> int:
               f"{report['heatmap_precision']})")
     elif report.get("heatmap_note"):
         print(f"heatmap_auc: n/a ({report['heatmap_note']})")
+    intervals = report.get("intervals")
+    if intervals:
+        spans = ", ".join(f"{key} {lo:.4f}-{hi:.4f}" for key in ("accuracy", "auc", "heatmap_auc")
+                          if intervals.get(key) for lo, hi in [intervals[key]])
+        print(f"95% CI:      {spans}  (bootstrap over {intervals['units']} {_PLURAL[intervals['unit']]}, "
+              f"{intervals['resamples']} resamples, seed {intervals['seed']})")
+    for name, figures in (report.get("per_image") or {}).items():
+        text = "  ".join(f"{k} {_fmt(figures.get(k))}" for k in ("accuracy", "auc", "heatmap_auc") if k in figures)
+        print(f"  {name}: {text}  ({figures['n_patches']} patches)")
     for note in report.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+_PLURAL = {"image": "images", "patch": "patches"}
 
 
 def _fmt(value) -> str:

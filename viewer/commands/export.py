@@ -74,7 +74,8 @@ def register(subparsers) -> None:
     parser.add_argument("--colormap", default=DEFAULT_COLORMAP, metavar="NAME",
                         help=f"heatmap colours: {', '.join(COLORMAPS)} (default {DEFAULT_COLORMAP})")
     parser.add_argument("--threshold", type=float, default=defaults.threshold,
-                        help="hide heatmap cells with probability below this, in [0, 1] (default 0: show all)")
+                        help=f"hide heatmap cells with probability below this, in [0, 1] (default {defaults.threshold}, "
+                        "as in the viewer; 0 shows every cell)")
     parser.add_argument("--classes", default=None, metavar="NAME[,NAME...]",
                         help="draw only these annotation classes, e.g. tumor,mitosis (default: all; "
                         "the GUI's per-class toggles give the same result)")

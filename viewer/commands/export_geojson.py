@@ -41,8 +41,10 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="REGIONS.geojson", help="output GeoJSON file")
     parser.add_argument("--heatmap", default=None, metavar="H.zarr|H.npy",
                         help="use this heatmap (written by 'histoviewer heatmap') instead of computing one")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="cells with P(tumour) at least this form the regions, in [0, 1] (default 0.5)")
+    from viewer.overlay import DEFAULT_THRESHOLD
+
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"cells with P(tumour) at least this form the regions, in [0, 1] (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--cell-size", type=int, default=None, metavar="PX",
                         help="also write PX x PX level-0 pixel tiles as detections with their mean probability")
     add_analysis_options(parser)

@@ -8,26 +8,40 @@ import sys
 
 DESCRIPTION = """\
 Train the paper's ConvNet (Table 1, unchanged) with Adam on a BreCaHAD-layout folder, or on an
-npz written by 'histoviewer prepare'. Images are split 70/15/15 by image from --seed (the same
-split as 'prepare' and 'evaluate'); validation and test images are never trained on.
+npz written by 'histoviewer prepare'.
 
-Every epoch draws fresh windows from the training images: one per tumour point (centre jittered
-by up to --jitter px) and --negatives-per-positive non-tumour windows per point (a share
---hard-fraction of them near annotated points), with flips/90-degree rotations and mild colour
-jitter. The learning rate halves after --plateau epochs without improvement of --monitor on the
-validation images; training stops after --patience such epochs and restores the best weights.
+Split (--split, from --split-seed alone, recorded inside MODEL.keras):
+  images (default): 70/15/15 by whole image (the split 'prepare' uses); validation and test
+      images are never trained on, and 'histoviewer evaluate' refuses to measure the model on
+      its training images.
+  patches: the paper's protocol: one patch per tumour point and as many non-tumour windows from
+      every image, pooled, split 70/15/15 at random; the plain recipe. Patches of one image fall
+      on both sides of such a split, so its test figure is optimistic.
+
+Recipes:
+  --plain (implied by --split patches): the paper's: the evaluation patches of the training
+      images, the same every epoch, no augmentation, no early stopping or learning-rate schedule
+      (unless --patience/--plateau are given); the model is the last epoch's.
+  otherwise: every epoch draws fresh windows from the training images: one per tumour point
+      (centre jittered by up to --jitter px) and --negatives-per-positive non-tumour windows per
+      point (a share --hard-fraction of them near annotated points), with flips/90-degree
+      rotations and colour jitter. Keras's ReduceLROnPlateau halves the learning rate after
+      --plateau epochs without improvement of --monitor on the validation data; EarlyStopping
+      stops after --patience such epochs and restores the best weights.
 Each epoch prints one progress line (train and validation loss/accuracy, val AUC, val heatmap AUC).
+Only validation figures are measured; the test part is for 'histoviewer evaluate'.
 
-Writes MODEL.keras, MODEL.metrics.json (config, split image names, per-epoch history, held-out
-val/test metrics) and MODEL.curves.png (accuracy and loss, train and validation), all atomically;
---metrics-out / --curves-out choose other names.
+Writes MODEL.keras (with its record: split, data fingerprint, configuration, command, version and
+git commit), MODEL.metrics.json (the same plus per-epoch history and validation figures) and
+MODEL.curves.png (accuracy and loss per epoch, train and validation, like the paper's Figures 3
+and 4), all atomically; --metrics-out / --curves-out choose other names.
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train the Table-1 ConvNet on BreCaHAD images (whole images held out)",
+        help="train the Table-1 ConvNet on BreCaHAD images (whole images, or the paper's patch split)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,10 +49,17 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
     parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default 30)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16, as in the paper)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, sampling, initialisation (default 0)")
+    parser.add_argument("--split", choices=("images", "patches"), default="images",
+                        help="hold out whole images (default) or split pooled patches at random like the paper")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split alone (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation (default 0)")
+    parser.add_argument("--plain", action="store_true",
+                        help="the paper's recipe on the image split: fixed patches, no augmentation, no early stopping or LR schedule")
     parser.add_argument("--max-images", type=int, default=None, metavar="N", help="use only the first N images (sorted by name)")
-    parser.add_argument("--patience", type=int, default=8, metavar="P", help="early-stopping patience in epochs, 0 = off (default 8)")
-    parser.add_argument("--plateau", type=int, default=3, help="halve the learning rate after this many epochs without improvement, 0 = off (default 3)")
+    parser.add_argument("--patience", type=int, default=None, metavar="P",
+                        help="early-stopping patience in epochs; 0 = off: all epochs, last weights (default 8; 0 with --plain)")
+    parser.add_argument("--plateau", type=int, default=None,
+                        help="halve the learning rate after this many epochs without improvement, 0 = off (default 3; 0 with --plain)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
     parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="non-tumour windows per tumour point per epoch (default 1)")
     parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
@@ -65,13 +86,22 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from viewer.train import TrainConfig, run_training
 
+    from viewer.errors import InputError
+
+    plain = args.plain or args.split == "patches"
+    for flag, value in (("--patience", args.patience), ("--plateau", args.plateau)):
+        if value is not None and value < 0:
+            raise InputError(f"{flag} must be 0 (off) or more, not {value}")
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        split=args.split,
+        split_seed=args.split_seed,
+        plain=plain,
         learning_rate=args.learning_rate,
-        patience=args.patience,
-        plateau=args.plateau,
+        patience=args.patience if args.patience is not None else (0 if plain else 8),
+        plateau=args.plateau if args.plateau is not None else (0 if plain else 3),
         max_images=args.max_images,
         negatives_per_positive=args.negatives_per_positive,
         hard_fraction=args.hard_fraction,
@@ -93,11 +123,10 @@ def run(args) -> int:
         metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
         heatmap=not args.no_heatmap, command=command, progress=progress,
     )
-    for part in ("val", "test"):
-        res = metrics["held_out"].get(part)
-        if res:
-            hm = res.get("heatmap_auc")
-            print(f"{part}: accuracy {res['accuracy']:.4f}  auc {res['auc']:.4f}"
-                  + (f"  heatmap_auc {hm:.4f}" if hm is not None else ""))
+    res = metrics["validation"]
+    if res:
+        hm = res.get("heatmap_auc")
+        print(f"val: accuracy {res['accuracy']:.4f}  auc {res['auc']:.4f}"
+              + (f"  heatmap_auc {hm:.4f}" if hm is not None else ""))
     print(f"wrote {args.out}")
     return 0

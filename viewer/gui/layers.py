@@ -24,9 +24,9 @@ class LayerState:
     show_heatmap: bool = True
     opacity: float = _CORE_DEFAULTS.opacity
     colormap: str = DEFAULT_COLORMAP
-    threshold: float = 0.5
-    """The GUI starts by drawing likely tumour only (p >= 0.5), so the tissue stays readable;
-    exports take whatever is set, and 0 shows every cell as `histoviewer export` does by default."""
+    threshold: float = _CORE_DEFAULTS.threshold
+    """Likely tumour only (p >= 0.5) to start with, the default of `histoviewer export` too
+    (:data:`viewer.overlay.DEFAULT_THRESHOLD`); exports take whatever is set."""
     smooth: bool = False
     """Draw the heatmap with bilinear filtering (presentation) instead of exact cells."""
     overview_max: bool = False

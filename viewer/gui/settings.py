@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import QByteArray, QSettings
 
 from viewer import DEFAULT_STRIDE
+from viewer.overlay import DEFAULT_OPACITY, DEFAULT_THRESHOLD
 
 ORGANISATION = "HistoViewer"
 APPLICATION = "HistoViewer"
@@ -185,9 +186,9 @@ class Settings:
             if s.contains(f"layers/{key}"):
                 out[key] = _as_bool(s.value(f"layers/{key}"), True)
         if s.contains("layers/opacity"):
-            out["opacity"] = _as_float(s.value("layers/opacity"), 0.45, 0.0, 1.0)
+            out["opacity"] = _as_float(s.value("layers/opacity"), DEFAULT_OPACITY, 0.0, 1.0)
         if s.contains("layers/threshold"):
-            out["threshold"] = _as_float(s.value("layers/threshold"), 0.0, 0.0, 1.0)
+            out["threshold"] = _as_float(s.value("layers/threshold"), DEFAULT_THRESHOLD, 0.0, 1.0)
         if s.contains("layers/colormap"):
             out["colormap"] = str(s.value("layers/colormap"))
         if s.contains("layers/hidden_classes"):
