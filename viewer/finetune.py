@@ -1,0 +1,294 @@
+"""Fine-tuning: ``histoviewer train --init MODEL`` teaches an existing model a user's corrections.
+
+What changes from :func:`viewer.train.run_training`:
+
+* **Weights**: the network starts from MODEL's weights, not at random. MODEL must be the Table-1
+  ConvNet (same layers, same weight shapes), else one line and exit 2.
+* **Defaults**: :data:`FINETUNE_LEARNING_RATE` (1e-4, a tenth of training from scratch) and
+  :data:`FINETUNE_EPOCHS` (5, a sixth of the 30 the bundled model had), no early stopping and no
+  learning-rate schedule. Why: a user's corrections are a few dozen points on one or a few
+  images. At the full rate, or for 30 epochs, the network fits those few windows and forgets
+  what it learned from the other images (measured in ``benchmarks/finetune.py``); a small step
+  for a few passes moves the corrected windows and leaves the rest of the function nearly
+  where it was. Early stopping would need validation images the user usually does not have.
+* **The split is inherited, never redrawn** (:func:`finetune_split`): MODEL's validation and
+  test images are not trained on (a folder that holds them trains on the others, and their
+  figures stay honest); images MODEL never saw (the user's own) are training images; the new
+  model records MODEL's training images *plus* the ones trained here as its training images,
+  so ``histoviewer evaluate`` refuses all of them. Naming a held-out image of MODEL with
+  ``--images`` is refused unless ``--allow-held-out`` says to train on it anyway; it is then
+  recorded as a training image and leaves the held-out set. A MODEL trained on a patch split
+  is refused (every image gave it training patches: nothing held out is left to inherit).
+* **The record says where it came from**: ``finetuned_from`` in the model file and the metrics
+  (MODEL's file name, SHA-256, its own command and commit), and the images trained on here.
+
+The data may be a folder whose annotations the user edited (BreCaHAD layout; regions,
+including ``ignore`` regions, from the ``<stem>.regions.geojson`` sidecar the viewer saves).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from viewer.dataset import (
+    FixedSampler,
+    ImageSampler,
+    SamplerConfig,
+    concat_patchsets,
+    dataset_fingerprint,
+    evaluation_patches,
+    find_dataset,
+    load_labelled,
+)
+from viewer.errors import InputError, ModelError
+
+FINETUNE_EPOCHS = 5
+"""Default epochs of a fine-tune (training from scratch: 30)."""
+FINETUNE_LEARNING_RATE = 1e-4
+"""Default Adam learning rate of a fine-tune (training from scratch: 1e-3)."""
+
+
+def base_model(init: str | Path) -> tuple[list[np.ndarray], dict, str, float]:
+    """(weights, record, SHA-256, dropout) of the model to start from; ModelError (one line) when
+    it is not a loadable Table-1 ConvNet."""
+    from viewer.model import build_convnet, file_sha256, load_model, read_model_metadata
+
+    init = Path(init)
+    model = load_model(init)  # every file check and its one-line ModelError
+    record = read_model_metadata(init)
+    dropout = float(((record.get("config") or {}).get("dropout")) or 0.5)
+    reference = build_convnet(dropout=dropout)
+    ours = [tuple(w.shape) for w in reference.get_weights()]
+    theirs = [tuple(w.shape) for w in model.get_weights()]
+    kinds = [type(layer).__name__ for layer in reference.layers]
+    if theirs != ours or [type(layer).__name__ for layer in model.layers] != kinds:
+        raise ModelError("is not the Table-1 ConvNet (its layers or weight shapes differ), so it cannot be "
+                         "fine-tuned here; --init needs a model written by 'histoviewer train'", init)
+    return model.get_weights(), record, file_sha256(init), dropout
+
+
+def finetune_split(
+    base_record: dict, names: Sequence[str], train_names: Sequence[str] | None = None,
+    allow_held_out: bool = False, base_path: str | Path = "--init model",
+) -> tuple[dict, list[str], list[str]]:
+    """(split record of the new model, images to train on here, notes) from MODEL's recorded split.
+
+    ``names``: the images of the data folder; ``train_names``: the ones to train on (default:
+    every image of the folder that MODEL did not hold out). See the module docstring for the
+    rules; every refusal is one line."""
+    names = sorted(set(names))
+    split = base_record.get("split")
+    notes: list[str] = []
+    if isinstance(split, dict) and split.get("kind") == "patches":
+        raise InputError("was trained on a random patch split, so every image gave it training patches and no "
+                         "held-out image is left for a fine-tuned model; fine-tune a model trained with "
+                         "--split images", base_path)
+    if train_names is not None:
+        unknown = sorted(set(train_names) - set(names))
+        if unknown:
+            raise InputError(f"--images names {unknown[0]}, which is not an annotated image of the data folder")
+    if not isinstance(split, dict) or not all(p in split for p in ("train", "val", "test")):
+        notes.append("the base model records no split: the fine-tuned model records only the images trained on "
+                     "here, and its held-out figures must come from images neither model saw")
+        chosen = sorted(set(train_names if train_names is not None else names))
+        return {"kind": "images", "seed": None, "train": chosen, "val": [], "test": [],
+                "base_split": None}, chosen, notes
+    base_train = set(split["train"])
+    held = {part: list(split[part]) for part in ("val", "test")}
+    held_out = set(held["val"]) | set(held["test"])
+    if train_names is None:
+        chosen = [n for n in names if n not in held_out]
+        kept = [n for n in names if n in held_out]
+        if kept:
+            notes.append(f"{len(kept)} image(s) of the folder are validation/test images of the base model and are "
+                         "not trained on (they stay held out)")
+    else:
+        chosen = sorted(set(train_names))
+        leaking = [n for n in chosen if n in held_out]
+        if leaking and not allow_held_out:
+            part = "test" if leaking[0] in held["test"] else "validation"
+            raise InputError(f"{leaking[0]} is a {part} image of the base model; training on it would make its "
+                             "held-out figures meaningless. Pass --allow-held-out to train on it anyway (it is then "
+                             "recorded as a training image and 'evaluate' refuses it)")
+        if leaking:
+            notes.append(f"{len(leaking)} held-out image(s) of the base model trained on at the user's request "
+                         f"(--allow-held-out): now training images ({', '.join(leaking)})")
+            held = {part: [n for n in held[part] if n not in leaking] for part in held}
+    if not chosen:
+        raise InputError("has no image to fine-tune on: every annotated image is a validation or test image of "
+                         "the base model (name one with --images and --allow-held-out to train on it anyway)")
+    record = {"kind": "images", "seed": split.get("seed"), "train": sorted(base_train | set(chosen)),
+              "val": held["val"], "test": held["test"], "trained_here": chosen,
+              "base_split": "inherited from the --init model: its validation and test images stay held out"}
+    return record, chosen, notes
+
+
+def run_finetune(
+    data: str | Path,
+    out: str | Path,
+    init: str | Path,
+    config,
+    images: Sequence[str] | None = None,
+    allow_held_out: bool = False,
+    metrics_out: str | Path | None = None,
+    curves_out: str | Path | None = None,
+    force: bool = False,
+    heatmap: bool = True,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> dict:
+    """Fine-tune ``init`` on the BreCaHAD-layout folder ``data``; write the model, metrics, curves.
+
+    ``config`` is a :class:`viewer.train.TrainConfig` (its ``split``/``split_seed`` are not used:
+    the split is inherited). Only validation figures are measured, on MODEL's validation images
+    present in the folder."""
+    from viewer.atomic import atomic_output, check_writable
+    from viewer.evaluate import evaluate_images
+    from viewer.model import file_sha256
+    from viewer.train import (
+        RECORD_FORMAT,
+        TrainingData,
+        _log,
+        check_negative_shares,
+        default_sidecars,
+        plain_config,
+        plot_curves,
+        program_record,
+        save_model,
+        train_model,
+    )
+
+    out, data, init = Path(out), Path(data), Path(init)
+    if out.suffix.lower() != ".keras":
+        raise InputError("model file name must end in .keras", out)
+    from viewer.model import bundled_model_path
+
+    if out.resolve() == init.resolve():
+        raise InputError("is the --init model itself; write the fine-tuned model to another file", out)
+    if out.resolve() == bundled_model_path().resolve():
+        raise InputError("is the bundled model, which is never overwritten; choose another file", out)
+    default_metrics, default_curves = default_sidecars(out)
+    metrics_out = Path(metrics_out) if metrics_out else default_metrics
+    curves_out = Path(curves_out) if curves_out else default_curves
+    for path in (out, metrics_out, curves_out):
+        check_writable(path, force=force)
+    if data.suffix.lower() == ".npz":
+        raise InputError("fine-tuning reads whole images with their (edited) annotations and regions; pass a "
+                         "BreCaHAD-layout folder, not a patch npz", data)
+    if config.split != "images":
+        raise InputError("--split patches cannot be combined with --init: a fine-tune inherits the image split "
+                         "of the model it starts from")
+    if config.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    if config.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    check_negative_shares(config)
+    entries = find_dataset(data)  # before TensorFlow: a wrong folder is refused at once
+    weights, base_record, base_sha, dropout = base_model(init)
+    split, chosen, notes = finetune_split(base_record, [e.name for e in entries], images, allow_held_out, init)
+    config = plain_config(replace(config, dropout=dropout))
+    for note in notes:
+        _log(progress, f"note: {note}")
+    program = program_record()
+
+    t0 = time.perf_counter()
+    by_name = {e.name: e for e in entries}
+    train_images = [load_labelled(by_name[n]) for n in chosen]
+    val_images = [load_labelled(by_name[n]) for n in split["val"] if n in by_name]
+    ignored = sum(len(img.ignore_regions) for img in train_images + val_images)
+    _log(progress, f"fine-tuning {init.name} on {len(train_images)} image(s) "
+         f"({sum(len(i.tumour_points) for i in train_images)} tumour points, {ignored} ignore region(s)); "
+         f"{len(val_images)} validation image(s); loaded in {time.perf_counter() - t0:.1f} s")
+    val = concat_patchsets([evaluation_patches(img, config.seed) for img in val_images])
+    if config.plain:
+        sampler = FixedSampler(concat_patchsets([evaluation_patches(img, config.seed) for img in train_images]),
+                               augment=False)
+    else:
+        sampler = ImageSampler(train_images, SamplerConfig(
+            negatives_per_positive=config.negatives_per_positive, jitter=config.jitter,
+            hard_fraction=config.hard_fraction, augment=config.augment, colour_strength=config.colour_strength,
+            stain_sigma=config.stain_sigma, balance_images=config.balance_images,
+            offcentre_fraction=config.offcentre_fraction, mined_fraction=config.mined_fraction))
+    fingerprint = dataset_fingerprint(entries)
+    data_in = TrainingData(sampler, val, split, val_images or None, fingerprint)
+    model, history, best_epoch, stopped = train_model(
+        data_in.sampler, data_in.val, config, progress, val_images=val_images if heatmap else None,
+        initial_weights=weights)
+    train_seconds = time.perf_counter() - t0
+    val_result = None
+    if val_images:
+        _log(progress, f"evaluating on {len(val_images)} validation image(s)...")
+        val_result = evaluate_images(model, val_images, seed=config.seed, heatmap=heatmap)
+        hm = val_result.get("heatmap_auc")
+        _log(progress, f"val: patch accuracy {val_result['accuracy']:.4f}  AUC {val_result['auc']:.4f}"
+             + (f"  heatmap AUC {hm:.4f}" if hm is not None else ""))
+
+    base_program = base_record.get("program") or {}
+    finetuned_from = {
+        "file": init.name,
+        "sha256": base_sha,
+        "command": base_record.get("command"),
+        "version": base_program.get("version"),
+        "git_commit": base_program.get("git_commit"),
+        "finetuned_from": base_record.get("finetuned_from"),  # a chain of fine-tunes stays traceable
+    }
+    import platform
+
+    import tensorflow as tf
+
+    from viewer.model import BRECAHAD_RESOLUTION, import_keras
+
+    environment = {"python": platform.python_version(), "keras": import_keras().__version__,
+                   "tensorflow": tf.__version__, "numpy": np.__version__}
+    record = {
+        "format": RECORD_FORMAT,
+        "resolution": base_record.get("resolution") or dict(BRECAHAD_RESOLUTION),
+        "split": split,
+        "data": {"path": str(data), "fingerprint": fingerprint},
+        "config": asdict(config),
+        "command": command,
+        "program": program,
+        "environment": environment,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "finetuned_from": finetuned_from,
+        "finetune": {"trained_here": chosen, "notes": notes,
+                     "ignore_regions": {img.name: len(img.ignore_regions) for img in train_images if img.ignore_regions}},
+    }
+    save_model(model, out, record, config.dropout)
+    metrics = {
+        "model_file": out.name,
+        "model_sha256": file_sha256(out),
+        "architecture": "Table 1 ConvNet (viewer.model.build_convnet), 171,105 parameters",
+        "finetuned_from": finetuned_from,
+        "description": (f"Fine-tuned from {init.name} (SHA-256 {base_sha[:12]}…) for {len(history)} epoch(s) at "
+                        f"learning rate {config.learning_rate:g} on {len(chosen)} image(s): {', '.join(chosen)}"),
+        "command": command,
+        "program": program,
+        "data": str(data),
+        "config": asdict(config),
+        "split_kind": "images",
+        "split_sizes": {p: len(split[p]) for p in ("train", "val", "test")},
+        "split": split,
+        "notes": notes,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "stopped_early": stopped,
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+        "validation": val_result,
+        "environment": environment,
+    }
+    with atomic_output(metrics_out, force=True, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    plot_curves(history, curves_out, f"{out.name}: fine-tuned from {init.name} ({base_sha[:12]}) on "
+                f"{len(chosen)} image(s), lr {config.learning_rate:g}", validation="validation (held-out images)")
+    _log(progress, metrics["description"])
+    _log(progress, f"wrote {out}, {metrics_out}, {curves_out}")
+    return metrics
