@@ -99,7 +99,7 @@ def finetune_split(
         notes.append("the base model records no split: the fine-tuned model records only the images trained on "
                      "here, and its held-out figures must come from images neither model saw")
         chosen = sorted(set(train_names if train_names is not None else names))
-        return {"kind": "images", "seed": None, "train": chosen, "val": [], "test": [],
+        return {"kind": "images", "seed": None, "train": chosen, "val": [], "test": [], "trained_here": chosen,
                 "base_split": None}, chosen, notes
     base_train = set(split["train"])
     held = {part: list(split[part]) for part in ("val", "test")}
@@ -298,3 +298,96 @@ def run_finetune(
     _log(progress, metrics["description"])
     _log(progress, f"wrote {out}, {metrics_out}, {curves_out}")
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# From the viewer: the open image with its edits, as a folder the fine-tune reads
+# ---------------------------------------------------------------------------------------------
+
+MAX_TEACHING_PIXELS = 50_000_000
+"""Fine-tuning opens its images whole (microscope fields); larger images are refused."""
+
+
+def original_dataset_for(image_path: str | Path) -> Path | None:
+    """The BreCaHAD-layout folder an image belongs to (``DIR/images/<stem>.tif`` with
+    ``DIR/groundTruth/``) when it holds other annotated images, else ``None``."""
+    image_path = Path(image_path)
+    root = image_path.parent.parent
+    if image_path.parent.name != "images" or not (root / "groundTruth").is_dir():
+        return None
+    try:
+        entries = find_dataset(root)
+    except InputError:
+        return None
+    return root if any(e.name != image_path.stem for e in entries) else None
+
+
+def _link(source: Path, target: Path) -> None:
+    """A symbolic link (no copy of a large image), or a copy where links are not allowed."""
+    import shutil
+
+    try:
+        target.symlink_to(source.resolve())
+    except OSError:  # e.g. Windows without the privilege
+        shutil.copy2(source, target)
+
+
+def teaching_folder(
+    work_dir: str | Path, image_path: str | Path, annotations, original: str | Path | None = None,
+) -> tuple[Path, str, list[str]]:
+    """Write the BreCaHAD-layout folder a fine-tune from the viewer reads; returns (folder, the
+    image's name in it, the names of the original images added).
+
+    The open image is linked, and its annotations *as on screen* (unsaved edits included) are
+    written there with their regions sidecar: the user's own files are not touched, whether
+    saved or not. With ``original`` (a dataset folder), its other images and annotation files
+    (and sidecars) are linked beside it, so the fine-tune can also replay the original data."""
+    from viewer.annotations import regions_sidecar_for, save_annotations
+
+    folder = Path(work_dir)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "groundTruth").mkdir(exist_ok=True)
+    image_path = Path(image_path)
+    stem = image_path.stem
+    _link(image_path, folder / "images" / image_path.name)
+    save_annotations(annotations, folder / "groundTruth" / f"{stem}.json")
+    added: list[str] = []
+    if original is not None:
+        for entry in find_dataset(original):
+            if entry.name == stem:
+                continue
+            _link(entry.image_path, folder / "images" / entry.image_path.name)
+            _link(entry.annotation_path, folder / "groundTruth" / entry.annotation_path.name)
+            sidecar = regions_sidecar_for(entry.annotation_path)
+            if sidecar.is_file():
+                _link(sidecar, folder / "groundTruth" / sidecar.name)
+            added.append(entry.name)
+    return folder, stem, added
+
+
+def teaching_images(base_record: dict, stem: str, originals: Sequence[str]) -> tuple[list[str], str | None]:
+    """(the images to pass to ``--images``, why the open image needs ``--allow-held-out`` or
+    ``None``): the open image, and those originals the base model trained on."""
+    split = base_record.get("split") if isinstance(base_record.get("split"), dict) else {}
+    held = {n: part for part in ("val", "test") for n in split.get(part, ())}
+    chosen = [stem] + [n for n in originals if n not in held]
+    why = None
+    if stem in held:
+        part = "test" if held[stem] == "test" else "validation"
+        why = (f"{stem} is a {part} image of the current model. Training on it makes it a training image of the "
+               "new model, and 'histoviewer evaluate' will no longer count it as held out.")
+    return chosen, why
+
+
+def teach_arguments(
+    base: str | Path, folder: str | Path, out: str | Path, images: Sequence[str], epochs: int | None = None,
+    allow_held_out: bool = False,
+) -> list[str]:
+    """The ``histoviewer`` arguments of a fine-tune from the viewer (the CLI's own defaults)."""
+    args = ["train", "--init", str(base), "--data", str(folder), "--out", str(out), "--images", ",".join(images),
+            "--no-heatmap", "--force"]
+    if epochs is not None:
+        args += ["--epochs", str(int(epochs))]
+    if allow_held_out:
+        args.append("--allow-held-out")
+    return args
