@@ -20,8 +20,9 @@ A simulated user, on the shared BreCaHAD subset:
      Model does without the original data;
    * ``with original data``: on every training image of the base model, the corrected one with
      its edits (the GUI's "add the original training data");
-   * ``control``: the same as ``with original data`` but with the *original* annotations, so
-     that what the corrections do is told apart from what more training does.
+   * ``control``: the same as ``with original data`` but with the *original* annotations, and
+     ``control, that image only``: the same as ``corrected only`` with the original annotations,
+     so that what the corrections do is told apart from what more training does.
 
 Reported against the base model, measured in the same run (no figure is taken from elsewhere):
 
@@ -168,16 +169,22 @@ def main() -> int:
     new_points = np.concatenate([ann.points[TUMOUR_CLASS].reshape(-1, 2), added / np.array([w, h])])
     edited_ann = ann.with_points({**ann.points, TUMOUR_CLASS: new_points}).with_regions([Region.polygon("ignore", square)])
     save_annotations(edited_ann, edited / "groundTruth" / f"{corrected}.json")
+    from viewer.dataset.ignore import ignored_centres
+
+    in_square = int(ignored_centres(image.tumour_points, edited_ann.regions).sum())
+    print(f"the ignore square ({IGNORE_SIDE}x{IGNORE_SIDE} px) holds {in_square} annotated tumour points, "
+          "no longer positives; its windows are no negatives either")
 
     runs = {
         "corrected only": (edited, [corrected]),
         "with original data": (edited, None),
         "control (original annotations)": (original, None),
+        "control, that image only": (original, [corrected]),
     }
     models = {"base": args.model}
     seconds = {}
     for label, (folder, images) in runs.items():
-        out = tmp_root / (label.split()[0] + ".keras")
+        out = tmp_root / (label.replace(",", "").replace(" ", "_").replace("(", "").replace(")", "") + ".keras")
         seconds[label] = finetune(args.model, folder, out, epochs, images)
         models[label] = out
 
@@ -213,9 +220,10 @@ def main() -> int:
               f"{r['val_heatmap_auc'] - b['val_heatmap_auc']:+8.4f} {r['test_heatmap_auc']:16.4f} "
               f"{r['test_heatmap_auc'] - b['test_heatmap_auc']:+8.4f} {r['seconds']:8.1f}")
     print()
-    print("per validation image (heatmap AUC):")
+    short = ["base", "corrected", "with orig.", "control", "ctl. image"]
+    print("per validation image (heatmap AUC):  " + "".join(f"{s:>11s}" for s in short[: len(rows)]))
     for name in split["val"]:
-        print(f"  {name}: " + "  ".join(f"{label.split()[0]} {r['val_per_image'][name]:.4f}" for label, r in rows.items()))
+        print(f"  {name:32s}" + "".join(f"{r['val_per_image'][name]:11.4f}" for r in rows.values()))
     goal = {label: (r["val_heatmap_auc"] - b["val_heatmap_auc"] >= -0.005,
                     r["corrected_heatmap_auc"] > b["corrected_heatmap_auc"], r["mean_p_added"] > b["mean_p_added"])
             for label, r in rows.items() if label != "base"}
