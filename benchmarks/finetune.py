@@ -1,7 +1,7 @@
 """Teaching the model a user's corrections (issue 13): ``histoviewer train --init`` on real data.
 
     python benchmarks/finetune.py [--data ../shared/data/brecahad-subset] [--model resources/convnet_brecahad.keras]
-                                  [--points 12] [--epochs 5] [--keep DIR]
+                                  [--points 12] [--epochs 5] [--recipe base|plain|fresh] [--test] [--keep DIR]
 
 A simulated user, on the shared BreCaHAD subset:
 
@@ -103,10 +103,10 @@ def linked_dataset(source: Path, target: Path) -> Path:
     return target
 
 
-def finetune(base: Path, data: Path, out: Path, epochs: int, images: list[str] | None) -> float:
+def finetune(base: Path, data: Path, out: Path, epochs: int, images: list[str] | None, recipe: str) -> float:
     """Run the real CLI in a subprocess; returns its wall time."""
     cmd = [sys.executable, "-m", "viewer", "train", "--init", str(base), "--data", str(data), "--out", str(out),
-           "--epochs", str(epochs), "--no-heatmap", "--force"]
+           "--epochs", str(epochs), "--recipe", recipe, "--no-heatmap", "--force"]
     if images:
         cmd += ["--images", ",".join(images)]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -129,6 +129,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: the fine-tune default (5)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the models and edited folder here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--recipe", choices=("base", "plain", "fresh"), default="base",
+                        help="the fine-tune's recipe (default: the base model's own)")
     parser.add_argument("--test", action="store_true",
                         help="also measure the base model's test images (the final measurement: once)")
     args = parser.parse_args()
@@ -185,7 +187,7 @@ def main() -> int:
     seconds = {}
     for label, (folder, images) in runs.items():
         out = tmp_root / (label.replace(",", "").replace(" ", "_").replace("(", "").replace(")", "") + ".keras")
-        seconds[label] = finetune(args.model, folder, out, epochs, images)
+        seconds[label] = finetune(args.model, folder, out, epochs, images, args.recipe)
         models[label] = out
 
     # Measure every model on the same images, in this process.

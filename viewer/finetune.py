@@ -4,8 +4,9 @@ What changes from :func:`viewer.train.run_training`:
 
 * **Weights**: the network starts from MODEL's weights, not at random. MODEL must be the Table-1
   ConvNet (same layers, same weight shapes), else one line and exit 2.
-* **Recipe**: the base model's own (the plain recipe when MODEL records ``plain``, as the bundled
-  model does; otherwise the fresh-window recipe of the options given), so only the labels change.
+* **Recipe** (``--recipe``): by default the base model's own (the plain recipe when MODEL records
+  ``plain``, as the bundled model does; otherwise the fresh-window recipe of the options given),
+  so only the labels change; ``plain`` or ``fresh`` choose one.
 * **Defaults**: :data:`FINETUNE_LEARNING_RATE` (1e-4, a tenth of training from scratch) and
   :data:`FINETUNE_EPOCHS` (5, a sixth of the 30 the bundled model had), no early stopping and no
   learning-rate schedule. Why: a user's corrections are a few dozen points on one or a few
@@ -54,6 +55,8 @@ FINETUNE_EPOCHS = 5
 """Default epochs of a fine-tune (training from scratch: 30)."""
 FINETUNE_LEARNING_RATE = 1e-4
 """Default Adam learning rate of a fine-tune (training from scratch: 1e-3)."""
+RECIPES = ("base", "plain", "fresh")
+"""``--recipe``: the base model's own (default), the plain one, or the fresh-window one."""
 
 
 def base_model(init: str | Path) -> tuple[list[np.ndarray], dict, str, float]:
@@ -138,6 +141,7 @@ def run_finetune(
     config,
     images: Sequence[str] | None = None,
     allow_held_out: bool = False,
+    recipe: str = "base",
     metrics_out: str | Path | None = None,
     curves_out: str | Path | None = None,
     force: bool = False,
@@ -197,8 +201,11 @@ def run_finetune(
     # The fine-tune continues the base model's own objective (the paper's plain recipe for the
     # bundled model): only the labels the user corrected change. Switching recipe here cost the
     # validation images 0.008 heatmap AUC with or without corrections (benchmarks/finetune.py).
+    if recipe not in RECIPES:
+        raise InputError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     base_plain = bool((base_record.get("config") or {}).get("plain"))
-    config = plain_config(replace(config, dropout=dropout, plain=config.plain or base_plain))
+    plain = {"base": config.plain or base_plain, "plain": True, "fresh": False}[recipe]
+    config = plain_config(replace(config, dropout=dropout, plain=plain))
     for note in notes:
         _log(progress, f"note: {note}")
     program = program_record()

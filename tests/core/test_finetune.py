@@ -181,6 +181,8 @@ def test_finetune_refuses_to_overwrite_its_own_init_and_options_without_init(bas
     assert "is the --init model itself" in capsys.readouterr().err
     assert run_cli(["train", "--data", str(root), "--out", str(tmp_path / "o.keras"), "--images", "x"]) == 2
     assert "need --init" in capsys.readouterr().err
+    assert run_cli(["train", "--data", str(root), "--out", str(tmp_path / "o.keras"), "--recipe", "fresh"]) == 2
+    assert "need --init" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- ignore regions

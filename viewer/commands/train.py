@@ -76,6 +76,8 @@ def register(subparsers) -> None:
     parser.add_argument("--images", default=None, metavar="A,B",
                         help="with --init: fine-tune on these images of --data only (default: every image the "
                         "--init model did not hold out)")
+    parser.add_argument("--recipe", choices=("base", "plain", "fresh"), default=None,
+                        help="with --init: the base model's own recipe (default), the plain one or the fresh-window one")
     parser.add_argument("--allow-held-out", action="store_true",
                         help="with --init: allow --images to name validation/test images of the --init model "
                         "(they become training images of the new model)")
@@ -111,8 +113,8 @@ def run(args) -> int:
         if value is not None and value < 0:
             raise InputError(f"{flag} must be 0 (off) or more, not {value}")
     finetune = args.init is not None
-    if not finetune and (args.images is not None or args.allow_held_out):
-        raise InputError("--images and --allow-held-out choose what a fine-tune trains on; they need --init MODEL")
+    if not finetune and (args.images is not None or args.allow_held_out or args.recipe is not None):
+        raise InputError("--images, --allow-held-out and --recipe choose how a fine-tune trains; they need --init MODEL")
     if finetune:
         from viewer.finetune import FINETUNE_EPOCHS, FINETUNE_LEARNING_RATE
 
@@ -159,6 +161,7 @@ def run(args) -> int:
             raise InputError("--images needs at least one image name")
         metrics = run_finetune(
             args.data, args.out, args.init, config, images=images, allow_held_out=args.allow_held_out,
+            recipe=args.recipe or "base",
             metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
             heatmap=not args.no_heatmap, command=command, progress=progress,
         )
