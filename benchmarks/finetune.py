@@ -219,8 +219,9 @@ def main() -> int:
     for label, r in rows.items():
         print(f"{label:32s} {r['mean_p_added']:13.4f} {r['mean_logit_added']:12.2f} "
               f"{r['corrected_heatmap_auc']:14.4f} {r['val_heatmap_auc']:9.4f} "
-              f"{r['val_heatmap_auc'] - b['val_heatmap_auc']:+8.4f} {r['test_heatmap_auc']:16.4f} "
-              f"{r['test_heatmap_auc'] - b['test_heatmap_auc']:+8.4f} {r['seconds']:8.1f}")
+              f"{r['val_heatmap_auc'] - b['val_heatmap_auc']:+8.4f} " + (
+                  f"{r['test_heatmap_auc']:16.4f} {r['test_heatmap_auc'] - b['test_heatmap_auc']:+8.4f}" if args.test
+                  else f"{'(--test)':>16s} {'':>8s}") + f" {r['seconds']:8.1f}")
     print()
     short = ["base", "corrected", "with orig.", "control", "ctl. image"]
     print("per validation image (heatmap AUC):  " + "".join(f"{s:>11s}" for s in short[: len(rows)]))
