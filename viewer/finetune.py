@@ -298,6 +298,7 @@ def run_finetune(
         "validation": val_result,
         "environment": environment,
     }
+    metrics["model_card"] = finetune_card(record)
     with atomic_output(metrics_out, force=True, suffix=".json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     plot_curves(history, curves_out, f"{out.name}: fine-tuned from {init.name} ({base_sha[:12]}) on "
@@ -398,3 +399,31 @@ def teach_arguments(
     if allow_held_out:
         args.append("--allow-held-out")
     return args
+
+
+def finetune_card(record: dict) -> str | None:
+    """Markdown for a fine-tuned model's card (About dialog, metrics): from which model, by
+    SHA-256, on which images, how; ``None`` for a model that was not fine-tuned."""
+    base = record.get("finetuned_from")
+    if not isinstance(base, dict):
+        return None
+    config = record.get("config") or {}
+    split = record.get("split") or {}
+    done = (record.get("finetune") or {}).get("trained_here") or split.get("trained_here") or []
+    lines = [
+        "## Fine-tuned model",
+        "",
+        f"Fine-tuned from `{base.get('file')}` (SHA-256 `{base.get('sha256')}`) with `histoviewer train --init`, "
+        f"{record.get('epochs_run', '?')} epoch(s) at learning rate {config.get('learning_rate', '?')}, "
+        f"{'plain' if config.get('plain') else 'fresh-window'} recipe, on {len(done)} image(s): "
+        f"{', '.join(done) or '–'}.",
+        "",
+        f"Held out (inherited from the base model, never trained on): {len(split.get('val', []))} validation and "
+        f"{len(split.get('test', []))} test image(s). Command: `{record.get('command') or '–'}`.",
+    ]
+    notes = (record.get("finetune") or {}).get("notes") or []
+    lines += [f"- {note}" for note in notes]
+    if base.get("finetuned_from"):
+        lines += ["", f"The base model was itself fine-tuned from `{base['finetuned_from'].get('file')}` "
+                  f"(SHA-256 `{base['finetuned_from'].get('sha256')}`)."]
+    return "\n".join(lines) + "\n"

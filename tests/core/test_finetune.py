@@ -104,6 +104,7 @@ def test_finetune_changes_weights_keeps_architecture_and_moves_corrected_points(
     metrics = json.loads(out.with_suffix(".metrics.json").read_text())
     assert metrics["finetuned_from"]["sha256"] == file_sha256(base_path)
     assert "Fine-tuned from base.keras" in metrics["description"]
+    assert file_sha256(base_path) in metrics["model_card"] and f"on 1 image(s): {name}" in metrics["model_card"]
 
 
 def test_finetune_defaults_are_lower_rate_and_fewer_epochs(base, tmp_path):

@@ -47,6 +47,9 @@ def test_improve_model_fine_tunes_in_a_subprocess_shows_progress_and_loads_the_r
     record = read_model_metadata(out)
     assert record["finetuned_from"]["sha256"] == file_sha256(model_file)
     assert record["split"]["trained_here"] == ["small"]
+    from viewer.gui.about import about_markdown  # Help › About says what the model in use came from
+
+    assert f"Fine-tuned from `m.keras` (SHA-256 `{file_sha256(model_file)}`)" in about_markdown(str(out))
     # The new model is loaded and its heatmap computed; the Agreement panel shows before and after.
     qtbot.waitUntil(lambda: window.model_path == str(out), timeout=60_000)
     qtbot.waitUntil(lambda: window.agreement_controller.result is not None

@@ -22,12 +22,27 @@ doi:10.6084/m9.figshare.7379186.v3, CC BY 4.0.
 def about_markdown(model_path: str | None) -> str:
     """The About text: header, the model in use, and the bundled model card if present."""
     model = f"Model in use: `{model_path}`\n\n" if model_path else "Model in use: the bundled model.\n\n"
+    if model_path:
+        model += _finetune_card(model_path)
     card = model_card_path()
     try:
         body = card.read_text(encoding="utf-8")
     except OSError:
         body = f"*The model card ({card.name}) is not installed.*"
     return _HEADER + model + "---\n\n" + body
+
+
+def _finetune_card(model_path: str) -> str:
+    """A fine-tuned model's own card (from which model, by SHA-256), before the bundled one's."""
+    from viewer.errors import InputError
+    from viewer.finetune import finetune_card
+    from viewer.model import read_model_metadata
+
+    try:
+        card = finetune_card(read_model_metadata(model_path))
+    except (InputError, OSError):
+        return ""
+    return f"{card}\nThe base model's card follows when the base is the bundled model.\n\n" if card else ""
 
 
 class AboutDialog(QDialog):
