@@ -221,9 +221,6 @@ def choose_images(
 
 def _patch_split_part(data_dir, model_path: Path, split: dict, part: str):
     """(labels, uint8 patches, per-patch image index, names) of the recorded patches of ``part``."""
-    if part == "all":
-        raise InputError("was trained on a patch split; --split all has no meaning for it, use test or val",
-                         model_path)
     patches_by_image = split[part]
     entries = _select(find_dataset(data_dir), sorted(patches_by_image), data_dir, f"the recorded {part} patches")
     xs, ys, idx = [], [], []
@@ -261,7 +258,8 @@ def run_evaluation(
         raise InputError(f"--resamples must be 0 or more, not {resamples}")
     record = model_record(path)
     record_split = _recorded_split(record, path)
-    patch_split = record_split is not None and record_split["kind"] == "patches" and images is None
+    patch_split = (record_split is not None and record_split["kind"] == "patches" and images is None
+                   and split != "all")
     if patch_split:
         y, x, image_index, names, entries = _patch_split_part(data_dir, path, record_split, split)
         source = f"{split} patches of the model's random patch split (the paper's protocol), recorded in the model file"

@@ -189,8 +189,11 @@ def _npz_training_data(data: Path, config: TrainConfig) -> TrainingData:
         raise InputError("--mined-fraction and --offcentre-fraction draw windows from whole images; "
                          "pass the dataset folder, not a patch npz", data)
     sampler = FixedSampler(patches["train"], augment=config.augment, colour_strength=config.colour_strength)
+    from viewer.dataset import npz_split_seed
+
     fingerprint = {"npz": data.name, "bytes": data.stat().st_size}
-    return TrainingData(sampler, patches["val"], {"kind": "images", "seed": None, **names}, None, fingerprint)
+    split = {"kind": "images", "seed": npz_split_seed(data), **names}
+    return TrainingData(sampler, patches["val"], split, None, fingerprint)
 
 
 def _subset(patches: PatchSet, index: np.ndarray) -> PatchSet:

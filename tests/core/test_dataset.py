@@ -228,3 +228,17 @@ def test_prepare_cli_writes_npz_split_by_image(synthetic_dataset, tmp_path, monk
     again, _, _ = load_patches_npz(out2)
     assert np.array_equal(again["train"].x, patches["train"].x)
     assert not list(tmp_path.glob(".*.npz"))  # no temporary files left behind
+
+
+def test_prepare_split_seed_moves_the_images_and_the_sampling_seed_does_not(synthetic_dataset, tmp_path, monkeypatch):
+    from viewer.dataset import npz_split_seed
+
+    root = synthetic_dataset(n_images=10, points_per_image=3)
+    names = [f"synth_{i:02d}" for i in range(10)]
+    assert split_images(names, 0) != split_images(names, 4)  # the test below can tell them apart
+    for split_seed, seed in ((4, 0), (4, 9), (0, 9)):
+        out = tmp_path / f"p{split_seed}_{seed}.npz"
+        assert run_cli(["prepare", "--data", str(root), "--out", str(out), "--quiet", "--split-seed", str(split_seed),
+                        "--seed", str(seed)], monkeypatch) == 0
+        _patches, split, saved_seed = load_patches_npz(out)
+        assert split == split_images(names, split_seed) and saved_seed == seed and npz_split_seed(out) == split_seed

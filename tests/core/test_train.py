@@ -279,6 +279,10 @@ def test_train_split_patches_reproduces_the_paper_protocol_and_evaluates_its_tes
     # Its images all gave training patches: naming one is refused like any training image.
     code = run_cli(["evaluate", "--data", str(root), "--model", str(out), "--images", "synth_00"])
     assert code == 2 and "training image" in _one_line_error(capsys)
+    # --split all stays available, labelled: whole images, training patches included.
+    code = run_cli(["evaluate", "--data", str(root), "--model", str(out), "--split", "all", "--no-heatmap", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and not report["held_out"] and report["counts"]["images"] == 6
 
 
 def test_train_cli_on_prepared_npz(synthetic_dataset, tmp_path, capsys):
@@ -322,3 +326,13 @@ def test_train_cli_refuses_impossible_options(synthetic_dataset, tmp_path, capsy
     err = _one_line_error(capsys)
     assert code == 2 and flags[-2] in err
     assert not list(tmp_path.glob("m*"))  # nothing written
+
+
+def test_training_on_an_npz_records_its_split_seed(synthetic_dataset, tmp_path):
+    root = synthetic_dataset(n_images=5, points_per_image=3)
+    npz = tmp_path / "p.npz"
+    assert run_cli(["prepare", "--data", str(root), "--out", str(npz), "--quiet", "--split-seed", "2"]) == 0
+    out = tmp_path / "m.keras"
+    run_training(npz, out, TrainConfig(epochs=1, plain=True, patience=0, plateau=0), progress=None)
+    record = read_model_metadata(out)["split"]
+    assert record["seed"] == 2 and record["test"] == split_images([f"synth_{i:02d}" for i in range(5)], 2)["test"]

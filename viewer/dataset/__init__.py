@@ -51,6 +51,7 @@ from viewer.dataset.patches import (
     extract_windows,
     load_patches_npz,
     negative_top_lefts,
+    npz_split_seed,
     prepare_patches,
     save_patches_npz,
     to_model_input,
@@ -71,7 +72,7 @@ __all__ = [
     "OFFCENTRE_INNER", "OFFCENTRE_OUTER", "PatchSet", "SPLITS", "SPLIT_FRACTIONS", "SamplerConfig",
     "colour_jitter", "concat_patchsets", "dataset_fingerprint", "dihedral", "evaluation_patches",
     "extract_windows", "find_dataset", "image_rng", "load_labelled", "load_patches_npz",
-    "negative_top_lefts", "offcentre_top_lefts", "prepare_patches", "save_patches_npz",
+    "negative_top_lefts", "npz_split_seed", "offcentre_top_lefts", "prepare_patches", "save_patches_npz",
     "select_entries", "split_images", "split_patches", "split_sizes", "stain_jitter",
     "to_model_input", "tumour_top_lefts",
 ]

@@ -119,12 +119,15 @@ def prepare_patches(
     seed: int = 0,
     max_images: int | None = None,
     progress: Callable[[str], None] | None = None,
+    split_seed: int = 0,
 ) -> tuple[dict[str, PatchSet], dict[str, list[str]]]:
-    """Evaluation-protocol patches for every split of ``data_dir``: ({split: PatchSet}, split)."""
+    """Evaluation-protocol patches for every split of ``data_dir``: ({split: PatchSet}, split).
+
+    ``split_seed`` chooses the images of each part, ``seed`` the non-tumour windows."""
     entries = find_dataset(data_dir)
     if max_images is not None:
         entries = entries[: max(int(max_images), 1)]
-    split = split_images([e.name for e in entries], seed)
+    split = split_images([e.name for e in entries], split_seed)
     by_name = {e.name: e for e in entries}
     out: dict[str, PatchSet] = {}
     for part in SPLITS:
@@ -138,18 +141,21 @@ def prepare_patches(
     return out, split
 
 
-def save_patches_npz(path: str | Path, patches: dict[str, PatchSet], split: dict[str, list[str]], seed: int, force: bool = True) -> None:
+def save_patches_npz(path: str | Path, patches: dict[str, PatchSet], split: dict[str, list[str]], seed: int,
+                     force: bool = True, split_seed: int = 0) -> None:
     """Write the prepared patches atomically as a compressed npz.
 
     Keys per split S: ``x_S`` (N,32,32,3) uint8 (divide by 255 for the model), ``y_S`` (N,) uint8,
     ``image_S`` (N,) int32 index into ``names_S``, ``top_left_S`` (N,2) int32 (x0, y0),
-    ``names_S`` image names of the split. Plus ``seed``, ``format`` and ``pixel_scale`` (255).
+    ``names_S`` image names of the split. Plus ``seed`` (of the non-tumour windows), ``split_seed``,
+    ``format`` and ``pixel_scale`` (255).
     """
     from viewer.atomic import atomic_output
 
     arrays: dict[str, np.ndarray] = {
         "format": np.array(NPZ_FORMAT),
         "seed": np.array(int(seed)),
+        "split_seed": np.array(int(split_seed)),
         "pixel_scale": np.array(255.0, dtype=np.float32),
     }
     for part in SPLITS:
@@ -187,3 +193,10 @@ def load_patches_npz(path: str | Path) -> tuple[dict[str, PatchSet], dict[str, l
     except Exception as exc:
         raise InputError(f"cannot be read as a patch npz ({type(exc).__name__})", path) from exc
     return patches, split, seed
+
+
+def npz_split_seed(path: str | Path) -> int | None:
+    """The split seed a patch npz was prepared with (``None`` for files written before it was
+    recorded)."""
+    with np.load(path, allow_pickle=False) as data:
+        return int(data["split_seed"]) if "split_seed" in data.files else None
