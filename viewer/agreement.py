@@ -8,6 +8,9 @@
 * The heatmap's ROC AUC against the tumour points, with exactly the positive/negative window
   definition of ``histoviewer evaluate`` (:func:`viewer.metrics.heatmap_window_labels`);
   NaN cells are ignored, so a partially computed heatmap gives the AUC of what is done.
+  Windows centred in ``ignore`` regions count as neither label, and tumour points inside them
+  give no positive window (:mod:`viewer.dataset.ignore`, as in ``evaluate``); the per-class
+  means still include every point the user placed.
 """
 
 from __future__ import annotations
