@@ -134,6 +134,20 @@ def finetune_split(
     return record, chosen, notes
 
 
+def image_size_notes(base_record: dict, entries) -> list[str]:
+    """A note when image files of names the base model recorded differ in size from those it was
+    split on: split membership goes by name, so another copy of the dataset (e.g. BreCaHAD's
+    uncompressed TIFFs) keeps its split, but the user is told. Edited annotations are expected to
+    differ and are not mentioned."""
+    recorded = {f["name"]: f for f in ((base_record.get("data") or {}).get("fingerprint") or {}).get("images", ())}
+    now = {f["name"]: f for f in dataset_fingerprint(entries)["images"]}
+    differ = sorted(n for n in now if n in recorded and now[n]["image_bytes"] != recorded[n]["image_bytes"])
+    if not differ:
+        return []
+    return [f"{len(differ)} image(s) differ in size from the files the base model was split on (e.g. {differ[0]}); "
+            "the split goes by image name, so check that they are the same images"]
+
+
 def run_finetune(
     data: str | Path,
     out: str | Path,
@@ -206,6 +220,7 @@ def run_finetune(
     base_plain = bool((base_record.get("config") or {}).get("plain"))
     plain = {"base": config.plain or base_plain, "plain": True, "fresh": False}[recipe]
     config = plain_config(replace(config, dropout=dropout, plain=plain))
+    notes += image_size_notes(base_record, entries)
     for note in notes:
         _log(progress, f"note: {note}")
     program = program_record()

@@ -284,3 +284,21 @@ def test_agreement_leaves_ignore_regions_out_of_the_auc_windows():
     assert ignored.negative_windows < plain.negative_windows
     assert ignored.positive_windows < plain.positive_windows  # the point at (50, 50) is inside
     assert ignored.by_class()["tumor"].points == 2  # the points themselves stay the user's
+
+
+def test_another_copy_of_an_image_is_noted_not_refused(base, tmp_path):
+    from viewer.finetune import image_size_notes
+
+    root, base_path = base
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    record = read_model_metadata(base_path)
+    assert image_size_notes(record, find_dataset(copy)) == []
+    (copy / "groundTruth" / "synth_01.json").write_text('{"tumor": []}')  # edited annotations: expected
+    assert image_size_notes(record, find_dataset(copy)) == []
+    import tifffile
+
+    tifffile.imwrite(copy / "images" / "synth_02.tif", tifffile.imread(copy / "images" / "synth_02.tif"),
+                     photometric="rgb", compression="zlib")
+    notes = image_size_notes(record, find_dataset(copy))
+    assert len(notes) == 1 and "synth_02" in notes[0]
