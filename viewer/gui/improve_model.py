@@ -308,6 +308,7 @@ class ImproveModelController(QObject):
         dialog.setAutoClose(False)
         dialog.setAutoReset(False)
         dialog.setMinimumDuration(0)
+        dialog.setMinimumWidth(380)
         dialog.setValue(0)
         dialog.canceled.connect(self.cancel)
         dialog.show()
@@ -328,7 +329,10 @@ class ImproveModelController(QObject):
         if self.progress_dialog is not None:
             self.progress_dialog.setMaximum(total)
             self.progress_dialog.setValue(done)
-            self.progress_dialog.setLabelText(f"Epoch {done} of {total} done\n{line.split('  lr')[0]}")
+            figures = dict(re.findall(r"\b(loss|accuracy) ([0-9.]+)", line))
+            detail = (f"training loss {float(figures['loss']):.3f}, accuracy {float(figures['accuracy']):.3f}"
+                      if {"loss", "accuracy"} <= figures.keys() else "")
+            self.progress_dialog.setLabelText(f"Epoch {done} of {total} done\n{detail}".strip())
 
     def _on_succeeded(self, path: str) -> None:
         self._close_progress()
