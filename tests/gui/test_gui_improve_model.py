@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,8 @@ def test_improve_model_can_be_cancelled_and_writes_nothing(qtbot, improving, tmp
         controller.progress_dialog.findChild(QPushButton).click()  # the dialog's Cancel button
     assert blocker.args == [False]
     assert not job.is_running() and not job.work_dir.exists()
+    if os.name == "posix":  # stopped like Ctrl+C: the CLI cleaned up and said so, no kill needed
+        assert any("interrupted" in line for line in job.lines), job.lines[-3:]
     assert not out.exists() and not list(tmp_path.glob(".never*"))  # the atomic write never happened
     assert "cancelled" in window.status.currentMessage()
     assert window.agreement_controller.before is None

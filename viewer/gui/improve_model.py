@@ -20,8 +20,10 @@ Agreement panel shows the image's figures before and after.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -90,11 +92,20 @@ class TeachingJob(QObject):
         return self.process.state() != QProcess.ProcessState.NotRunning
 
     def cancel(self) -> None:
-        """Ask the process to stop, and kill it if it has not after 3 s (never blocks the window)."""
+        """Ask the process to stop, and kill it if it has not after 3 s (never blocks the window).
+
+        On POSIX the request is SIGINT, which the CLI treats as Ctrl+C: Keras stops between
+        batches and a half-written output is removed (viewer.atomic); elsewhere QProcess's
+        terminate(). The model file is only ever renamed into place complete, so even a kill
+        leaves no model behind."""
         if not self.is_running():
             return
         self._cancelling = True
-        self.process.terminate()
+        pid = self.process.processId()
+        if os.name == "posix" and pid > 0:
+            os.kill(pid, signal.SIGINT)
+        else:
+            self.process.terminate()
         QTimer.singleShot(3000, self._kill_if_running)
 
     def _kill_if_running(self) -> None:
