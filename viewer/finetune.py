@@ -208,6 +208,9 @@ def run_finetune(
         raise InputError("--epochs must be at least 1")
     if config.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    if config.max_images is not None:
+        raise InputError("--max-images cuts a folder before a new split; a fine-tune inherits its split, so name "
+                         "its images with --images")
     check_negative_shares(config)
     entries = find_dataset(data)  # before TensorFlow: a wrong folder is refused at once
     weights, base_record, base_sha, dropout = base_model(init)

@@ -35,7 +35,8 @@ Fine-tuning (--init MODEL): start from MODEL's weights instead of random ones, t
 user's corrections (e.g. a folder whose annotations were edited in the viewer; 'ignore' regions
 from the <stem>.regions.geojson sidecars take their windows out of both classes). Defaults change
 to --learning-rate 1e-4 and --epochs 5, no early stopping or schedule: the corrections are few,
-and a small step for a few passes learns them without forgetting the other images. The split is
+and a small step for a few passes learns them without forgetting the other images. The recipe is
+MODEL's own (plain for the bundled model; --recipe plain|fresh chooses). The split is
 inherited from MODEL: its validation and test images are not trained on (naming one with
 --images is refused unless --allow-held-out), images it never saw are training images, and the
 new model records MODEL's SHA-256 ('finetuned_from') with its training images plus these.
