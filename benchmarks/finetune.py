@@ -30,6 +30,8 @@ Reported against the base model, measured in the same run (no figure is taken fr
 * the corrected image's heatmap AUC against its corrected annotations (ignore region excluded);
 * the mean log-odds at the added points (the probability saturates near 1 at the model's own
   peaks; the log-odds still shows the direction and size of the change);
+* the patch accuracy at 0.5 of the evaluation protocol on the same images (volatile: it depends
+  on where the last epoch lands, see the model card);
 * the pooled heatmap AUC of the base model's **validation** images (the "other held-out images";
   the goal: no loss greater than 0.005), and with ``--test``, once, for the record, of its
   **test** images.
@@ -208,6 +210,8 @@ def main() -> int:
             "mean_logit_added": float(np.mean(np.log(p / (1 - p)))),
             "corrected_heatmap_auc": corr["heatmap_auc"],
             "val_heatmap_auc": v["heatmap_auc"],
+            "val_patch_accuracy": v["accuracy"],
+            "test_patch_accuracy": t.get("accuracy"),
             "val_per_image": v["heatmap_auc_per_image"],
             "test_heatmap_auc": t["heatmap_auc"],
             "seconds": round(seconds.get(label, 0.0), 1),
@@ -215,13 +219,14 @@ def main() -> int:
     b = rows["base"]
     print()
     print(f"{'model':32s} {'mean p added':>13s} {'logit added':>12s} {'corrected AUC':>14s} {'val AUC':>9s} "
-          f"{'Δ val':>8s} {'test AUC (once)':>16s} {'Δ test':>8s} {'train s':>8s}")
+          f"{'Δ val':>8s} {'val acc':>8s} {'test AUC (once)':>16s} {'Δ test':>8s} {'test acc':>9s} {'train s':>8s}")
     for label, r in rows.items():
         print(f"{label:32s} {r['mean_p_added']:13.4f} {r['mean_logit_added']:12.2f} "
               f"{r['corrected_heatmap_auc']:14.4f} {r['val_heatmap_auc']:9.4f} "
-              f"{r['val_heatmap_auc'] - b['val_heatmap_auc']:+8.4f} " + (
-                  f"{r['test_heatmap_auc']:16.4f} {r['test_heatmap_auc'] - b['test_heatmap_auc']:+8.4f}" if args.test
-                  else f"{'(--test)':>16s} {'':>8s}") + f" {r['seconds']:8.1f}")
+              f"{r['val_heatmap_auc'] - b['val_heatmap_auc']:+8.4f} {r['val_patch_accuracy']:8.4f} " + (
+                  f"{r['test_heatmap_auc']:16.4f} {r['test_heatmap_auc'] - b['test_heatmap_auc']:+8.4f} "
+                  f"{r['test_patch_accuracy']:9.4f}" if args.test else f"{'(--test)':>16s} {'':>8s} {'':>9s}")
+              + f" {r['seconds']:8.1f}")
     print()
     short = ["base", "corrected", "with orig.", "control", "ctl. image"]
     print("per validation image (heatmap AUC):  " + "".join(f"{s:>11s}" for s in short[: len(rows)]))
