@@ -302,3 +302,33 @@ def test_another_copy_of_an_image_is_noted_not_refused(base, tmp_path):
                      photometric="rgb", compression="zlib")
     notes = image_size_notes(record, find_dataset(copy))
     assert len(notes) == 1 and "synth_02" in notes[0]
+
+
+def test_the_viewers_teaching_folder_holds_the_edits_and_optionally_the_original_data(synthetic_dataset, tmp_path):
+    from viewer.finetune import original_dataset_for, teach_arguments, teaching_folder, teaching_images
+
+    root = synthetic_dataset(n_images=3)
+    image = root / "images" / "synth_01.tif"
+    assert original_dataset_for(image) == root
+    assert original_dataset_for(tmp_path / "elsewhere.tif") is None
+    truth = root / "groundTruth" / "synth_01.json"
+    saved = truth.read_bytes()
+    ann = load_annotations(truth)
+    edited = ann.with_points({"tumor": np.concatenate([ann.points["tumor"], [[0.5, 0.5]]])}).with_regions(
+        [Region.polygon("ignore", [[0, 0], [40, 0], [40, 40]])])
+    folder, stem, originals = teaching_folder(tmp_path / "alone", image, edited)
+    assert stem == "synth_01" and originals == [] and [e.name for e in find_dataset(folder)] == ["synth_01"]
+    taught = load_labelled(find_dataset(folder)[0])
+    assert len(taught.tumour_points) == len(ann.points["tumor"]) + 1 and len(taught.ignore_regions) == 1
+    assert truth.read_bytes() == saved  # the user's file is untouched
+    folder, stem, originals = teaching_folder(tmp_path / "with", image, edited, original=root)
+    assert originals == ["synth_00", "synth_02"] and len(find_dataset(folder)) == 3
+    record = {"split": {"kind": "images", "train": ["synth_00"], "val": ["synth_02"], "test": ["synth_01"]}}
+    images, why = teaching_images(record, stem, originals)
+    assert images == ["synth_01", "synth_00"] and "synth_01 is a test image" in why
+    args = teach_arguments("base.keras", folder, "out.keras", images, epochs=3, allow_held_out=True)
+    from viewer.cli import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert parsed.init == "base.keras" and parsed.images == "synth_01,synth_00" and parsed.allow_held_out
+    assert parsed.epochs == 3
