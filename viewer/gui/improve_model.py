@@ -228,6 +228,11 @@ class ImproveModelController(QObject):
         if opened is None:
             return "Open an image with annotations first."
         slide = opened.slide
+        from viewer.dataset import IMAGE_GLOBS
+
+        if f"*{Path(slide.path).suffix.lower()}" not in IMAGE_GLOBS:
+            return (f"{Path(slide.path).name}: fine-tuning reads microscope fields saved as "
+                    f"{', '.join(g[2:].upper() for g in IMAGE_GLOBS)}.")
         if slide.width * slide.height > MAX_TEACHING_PIXELS:
             return (f"{slide.name} is {slide.width:,} × {slide.height:,} px; fine-tuning opens its images whole, "
                     f"so it works on microscope fields up to {MAX_TEACHING_PIXELS // 1_000_000} megapixels.")
