@@ -93,3 +93,18 @@ def test_improve_model_refuses_what_it_cannot_do(qtbot, improving, model_file, d
     assert "no tumour points" in dialogs_seen.expect("warning")[1]
     assert controller.job is None
     window.annotation_editor.undo_stack.setClean()
+
+
+def test_a_failing_fine_tune_says_why_in_one_line_and_keeps_the_model(qtbot, improving, model_file, dialogs_seen,
+                                                                        tmp_path):
+    window, controller = improving, improving.improve_model_controller
+    out = tmp_path / "no such folder" / "x.keras"
+    assert controller.start(out, epochs=1)
+    with qtbot.waitSignal(controller.finished, timeout=180_000) as blocker:
+        pass
+    assert blocker.args == [False]
+    title, text = dialogs_seen.expect("warning")
+    assert title == "Improve Model failed" and "x.keras" in text and "\n" not in text
+    assert not text.startswith("histoviewer")
+    assert window.model_path == str(model_file) and window.model is not None  # the model in use stays
+    assert not controller.job.work_dir.exists()

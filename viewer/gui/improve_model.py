@@ -127,7 +127,8 @@ class TeachingJob(QObject):
             if match:
                 self.progress.emit(int(match.group(1)), int(match.group(2)), line)
             elif "WARNING" not in line and not line.startswith(("I0000", "W0000", "E0000")):
-                self.last_error = line  # the CLI's one-line error is its last line
+                # The CLI's one-line error is its last line; the message box needs no program name.
+                self.last_error = line.removeprefix("histoviewer: error: ")
 
     def _finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self._read()
