@@ -8,6 +8,9 @@
 * The heatmap's ROC AUC against the tumour points, with exactly the positive/negative window
   definition of ``histoviewer evaluate`` (:func:`viewer.metrics.heatmap_window_labels`);
   NaN cells are ignored, so a partially computed heatmap gives the AUC of what is done.
+  Windows centred in ``ignore`` regions count as neither label, and tumour points inside them
+  give no positive window (:mod:`viewer.dataset.ignore`, as in ``evaluate``); the per-class
+  means still include every point the user placed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from viewer import DEFAULT_STRIDE, PATCH_SIZE
-from viewer.annotations import TUMOUR_CLASS, Annotations
+from viewer.annotations import IGNORE_CLASS, TUMOUR_CLASS, Annotations
 from viewer.heatmap.engine import heatmap_shape
 from viewer.metrics import all_class_points, heatmap_scores_and_labels, roc_auc
 
@@ -92,7 +95,14 @@ def agreement(
         per_class.append(ClassAgreement(name, int(len(pts)), int(finite.size), mean))
     tumour = annotations.pixel_points(TUMOUR_CLASS, image_width, image_height)
     everything = all_class_points(annotations, image_width, image_height)
-    labels, scores = heatmap_scores_and_labels(hm, tumour, everything, stride)
+    # Windows centred in ignore regions count as neither label, as in 'histoviewer evaluate'.
+    from viewer.dataset.ignore import ignored_centres, ignored_window_mask
+
+    ignore = [r for r in annotations.regions if r.name == IGNORE_CLASS]
+    if ignore:
+        tumour = tumour[~ignored_centres(tumour, ignore)]
+    labels, scores = heatmap_scores_and_labels(hm, tumour, everything, stride,
+                                               ignored_window_mask(ignore, hm.shape, stride))
     return AgreementResult(
         classes=tuple(per_class),
         auc=roc_auc(labels, scores) if labels.size else math.nan,

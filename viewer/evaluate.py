@@ -98,11 +98,15 @@ def evaluate_images(
         from viewer.heatmap import compute_heatmap
 
         per_image_windows = []
+        ignored_cells = 0
         for img in images:
             t0 = time.perf_counter()
             hm = compute_heatmap(img.pixels, model, stride=stride, precision=precision)
-            lab, sc = heatmap_scores_and_labels(hm, img.tumour_points, img.all_points, stride)
+            ignored = img.ignored_windows(hm.shape, stride)
+            lab, sc = heatmap_scores_and_labels(hm, img.tumour_points, img.all_points, stride, ignored)
             per_image_windows.append((lab, sc))
+            if ignored is not None:
+                ignored_cells += int(ignored.sum())
             auc = roc_auc(lab, sc)
             per_image[img.name]["heatmap_auc"] = _round(auc)
             if progress:
@@ -110,7 +114,8 @@ def evaluate_images(
         result["heatmap_auc"] = _finite(pooled_heatmap_auc(per_image_windows))
         result["heatmap_auc_per_image"] = {name: v.get("heatmap_auc") for name, v in per_image.items()}
         lab_all = np.concatenate([lab for lab, _ in per_image_windows])
-        result["heatmap_windows"] = {"positive": int((lab_all == 1).sum()), "negative": int((lab_all == 0).sum())}
+        result["heatmap_windows"] = {"positive": int((lab_all == 1).sum()), "negative": int((lab_all == 0).sum()),
+                                     "in_ignore_regions": ignored_cells}
     result["per_image"] = per_image
     if len(images) >= 2 and resamples > 0:
         result["intervals"] = bootstrap_intervals(per_image_patches, per_image_windows, resamples=resamples, seed=seed)

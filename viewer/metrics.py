@@ -188,11 +188,18 @@ def heatmap_window_labels(
 
 
 def heatmap_scores_and_labels(
-    heatmap: np.ndarray, tumour_points: np.ndarray, all_points: np.ndarray, stride: int = DEFAULT_STRIDE
+    heatmap: np.ndarray, tumour_points: np.ndarray, all_points: np.ndarray, stride: int = DEFAULT_STRIDE,
+    ignored: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (labels, scores) of the labelled, already-computed (non-NaN) cells of one heatmap."""
+    """The (labels, scores) of the labelled, already-computed (non-NaN) cells of one heatmap.
+
+    ``ignored``: a boolean grid of the heatmap's shape, True for windows that count as neither
+    label whatever the points say (windows centred in an ignore region, see
+    :func:`viewer.dataset.ignore.ignored_window_mask`)."""
     heatmap = np.asarray(heatmap, dtype=np.float64)
     labels = heatmap_window_labels(tumour_points, all_points, heatmap.shape, stride)
+    if ignored is not None:
+        labels[np.asarray(ignored, dtype=bool)] = IGNORE
     keep = (labels != IGNORE) & np.isfinite(heatmap)
     return labels[keep].astype(np.int8), heatmap[keep]
 

@@ -241,6 +241,7 @@ def _callbacks(keras, sampler, val: PatchSet, val_images, config: TrainConfig, p
     """Keras callbacks in the order they must run at the end of an epoch: EMA weights in, the
     validation AUCs into the logs, then the plateau and early stopping that read them, then the
     progress line."""
+    from viewer import DEFAULT_STRIDE
     from viewer.metrics import heatmap_scores_and_labels, pooled_heatmap_auc, roc_auc
 
     xv, yv = to_model_input(val.x), val.y.astype(np.float32)
@@ -257,9 +258,12 @@ def _callbacks(keras, sampler, val: PatchSet, val_images, config: TrainConfig, p
             if val_images:
                 from viewer.heatmap import compute_heatmap
 
-                logs["val_heatmap_auc"] = pooled_heatmap_auc(
-                    heatmap_scores_and_labels(compute_heatmap(img.pixels, self.model), img.tumour_points, img.all_points)
-                    for img in val_images)
+                def labelled(img):
+                    hm = compute_heatmap(img.pixels, self.model)
+                    return heatmap_scores_and_labels(hm, img.tumour_points, img.all_points,
+                                                     ignored=img.ignored_windows(hm.shape, DEFAULT_STRIDE))
+
+                logs["val_heatmap_auc"] = pooled_heatmap_auc(labelled(img) for img in val_images)
             if uses_monitor and not math.isfinite(logs.get(config.monitor, math.nan)):
                 # Keras's callbacks only warn when their key is missing; an unmonitored run would
                 # quietly train something other than what was asked for.
@@ -343,7 +347,7 @@ def _epoch_dataset(keras, sampler, rng: np.random.Generator, batch_size: int):
 
 
 def train_model(
-    sampler, val: PatchSet, config: TrainConfig, progress=None, val_images=None
+    sampler, val: PatchSet, config: TrainConfig, progress=None, val_images=None, initial_weights=None
 ) -> tuple[object, list[dict], int, bool]:
     """Fit with Keras; returns (model with the chosen weights, history, chosen epoch, stopped early).
 
@@ -361,6 +365,8 @@ def train_model(
     keras = import_keras()
     keras.utils.set_random_seed(config.seed)
     model = build_convnet(dropout=config.dropout, seed=config.seed)
+    if initial_weights is not None:  # fine-tuning (viewer.finetune): start from another model's weights
+        model.set_weights(initial_weights)
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, use_ema=config.ema, ema_momentum=0.99)
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng([config.seed, 7])

@@ -26,7 +26,10 @@ expanded by 4 px); accuracy at threshold 0.5, ROC AUC, confusion matrix [[TN, FP
 Heatmap AUC: over the stride-8 heatmap windows of every image: positives are windows whose
 centre lies within 8 px of a tumour point, negatives windows with no annotated point (any class)
 inside the window expanded by 4 px; all other windows are ignored. Pooled over the images, and
-per image. --precision bfloat16 computes those heatmaps in bfloat16 (where the CPU has it), to
+per image.
+Ignore regions (class 'ignore', from each image's <stem>.regions.geojson sidecar) count as
+neither label: their tumour points give no patch, no non-tumour patch and no heatmap window
+centred inside one is counted. --precision bfloat16 computes those heatmaps in bfloat16 (where the CPU has it), to
 see what it changes; patch metrics are always float32.
 Intervals: 95 % percentile bootstrap over images (the independent units; a patch-split model:
 over patches), --resamples resamples (default 2000) seeded by --seed. With 4 images the
@@ -89,7 +92,8 @@ def run(args) -> int:
     hm = report.get("heatmap_auc")
     if hm is not None:
         w = report["heatmap_windows"]
-        print(f"heatmap_auc: {hm:.4f}  ({w['positive']} positive, {w['negative']} negative stride-8 windows, "
+        ignored = f", {w['in_ignore_regions']} in ignore regions" if w.get("in_ignore_regions") else ""
+        print(f"heatmap_auc: {hm:.4f}  ({w['positive']} positive, {w['negative']} negative stride-8 windows{ignored}, "
               f"{report['heatmap_precision']})")
     elif report.get("heatmap_note"):
         print(f"heatmap_auc: n/a ({report['heatmap_note']})")

@@ -31,6 +31,16 @@ Recipes:
 Each epoch prints one progress line (train and validation loss/accuracy, val AUC, val heatmap AUC).
 Only validation figures are measured; the test part is for 'histoviewer evaluate'.
 
+Fine-tuning (--init MODEL): start from MODEL's weights instead of random ones, to teach it a
+user's corrections (e.g. a folder whose annotations were edited in the viewer; 'ignore' regions
+from the <stem>.regions.geojson sidecars take their windows out of both classes). Defaults change
+to --learning-rate 1e-4 and --epochs 5, no early stopping or schedule: the corrections are few,
+and a small step for a few passes learns them without forgetting the other images. The recipe is
+MODEL's own (plain for the bundled model; --recipe plain|fresh chooses). The split is
+inherited from MODEL: its validation and test images are not trained on (naming one with
+--images is refused unless --allow-held-out), images it never saw are training images, and the
+new model records MODEL's SHA-256 ('finetuned_from') with its training images plus these.
+
 Writes MODEL.keras (with its record: split, data fingerprint, configuration, command, version and
 git commit), MODEL.metrics.json (the same plus per-epoch history and validation figures) and
 MODEL.curves.png (accuracy and loss per epoch, train and validation, like the paper's Figures 3
@@ -47,7 +57,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--data", required=True, metavar="DIR|PATCHES.npz", help="BreCaHAD-layout folder or a prepared npz")
     parser.add_argument("--out", required=True, metavar="MODEL.keras", help="model file to write")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default 30)")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum number of epochs (default 30; 5 with --init)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16, as in the paper)")
     parser.add_argument("--split", choices=("images", "patches"), default="images",
                         help="hold out whole images (default) or split pooled patches at random like the paper")
@@ -60,7 +70,18 @@ def register(subparsers) -> None:
                         help="early-stopping patience in epochs; 0 = off: all epochs, last weights (default 8; 0 with --plain)")
     parser.add_argument("--plateau", type=int, default=None,
                         help="halve the learning rate after this many epochs without improvement, 0 = off (default 3; 0 with --plain)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="initial Adam learning rate (default 1e-3; 1e-4 with --init)")
+    parser.add_argument("--init", default=None, metavar="MODEL.keras",
+                        help="fine-tune this model (e.g. the bundled one) instead of starting from random weights")
+    parser.add_argument("--images", default=None, metavar="A,B",
+                        help="with --init: fine-tune on these images of --data only (default: every image the "
+                        "--init model did not hold out)")
+    parser.add_argument("--recipe", choices=("base", "plain", "fresh"), default=None,
+                        help="with --init: the base model's own recipe (default), the plain one or the fresh-window one")
+    parser.add_argument("--allow-held-out", action="store_true",
+                        help="with --init: allow --images to name validation/test images of the --init model "
+                        "(they become training images of the new model)")
     parser.add_argument("--negatives-per-positive", type=float, default=1.0, help="non-tumour windows per tumour point per epoch (default 1)")
     parser.add_argument("--hard-fraction", type=float, default=0.25, help="share of negatives drawn near annotated points (default 0.25)")
     parser.add_argument("--offcentre-fraction", type=float, default=0.0, metavar="F",
@@ -92,16 +113,31 @@ def run(args) -> int:
     for flag, value in (("--patience", args.patience), ("--plateau", args.plateau)):
         if value is not None and value < 0:
             raise InputError(f"{flag} must be 0 (off) or more, not {value}")
+    finetune = args.init is not None
+    if not finetune and (args.images is not None or args.allow_held_out or args.recipe is not None):
+        raise InputError("--images, --allow-held-out and --recipe choose how a fine-tune trains; they need --init MODEL")
+    if finetune:
+        from viewer.finetune import FINETUNE_EPOCHS, FINETUNE_LEARNING_RATE
+
+        epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
+        learning_rate = FINETUNE_LEARNING_RATE if args.learning_rate is None else args.learning_rate
+        patience = 0 if args.patience is None else args.patience
+        plateau = 0 if args.plateau is None else args.plateau
+    else:
+        epochs = 30 if args.epochs is None else args.epochs
+        learning_rate = 1e-3 if args.learning_rate is None else args.learning_rate
+        patience = args.patience if args.patience is not None else (0 if plain else 8)
+        plateau = args.plateau if args.plateau is not None else (0 if plain else 3)
     config = TrainConfig(
-        epochs=args.epochs,
+        epochs=epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         split=args.split,
         split_seed=args.split_seed,
         plain=plain,
-        learning_rate=args.learning_rate,
-        patience=args.patience if args.patience is not None else (0 if plain else 8),
-        plateau=args.plateau if args.plateau is not None else (0 if plain else 3),
+        learning_rate=learning_rate,
+        patience=patience,
+        plateau=plateau,
         max_images=args.max_images,
         negatives_per_positive=args.negatives_per_positive,
         hard_fraction=args.hard_fraction,
@@ -118,11 +154,24 @@ def run(args) -> int:
     progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     argv = sys.argv[1:]
     command = "histoviewer " + " ".join(shlex.quote(a) for a in argv[argv.index("train"):]) if "train" in argv else None
-    metrics = run_training(
-        args.data, args.out, config,
-        metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
-        heatmap=not args.no_heatmap, command=command, progress=progress,
-    )
+    if finetune:
+        from viewer.finetune import run_finetune
+
+        images = [n.strip() for n in args.images.split(",") if n.strip()] if args.images is not None else None
+        if images is not None and not images:
+            raise InputError("--images needs at least one image name")
+        metrics = run_finetune(
+            args.data, args.out, args.init, config, images=images, allow_held_out=args.allow_held_out,
+            recipe=args.recipe or "base",
+            metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
+            heatmap=not args.no_heatmap, command=command, progress=progress,
+        )
+    else:
+        metrics = run_training(
+            args.data, args.out, config,
+            metrics_out=args.metrics_out, curves_out=args.curves_out, force=args.force,
+            heatmap=not args.no_heatmap, command=command, progress=progress,
+        )
     res = metrics["validation"]
     if res:
         hm = res.get("heatmap_auc")

@@ -74,6 +74,10 @@ class LabelledImage:
     tumour_points: np.ndarray
     all_points: np.ndarray
     notes: tuple[str, ...] = field(default=())
+    ignore_regions: tuple = field(default=())
+    """The image's ``ignore`` regions (:class:`viewer.annotations.Region`): their windows count as
+    neither label (:mod:`viewer.dataset.ignore`). ``tumour_points`` already excludes the points
+    inside them; ``all_points`` keeps them."""
 
     @property
     def height(self) -> int:
@@ -90,24 +94,40 @@ class LabelledImage:
 
         shape = (self.height - PATCH_SIZE + 1, self.width - PATCH_SIZE + 1)
         mask = clear_window_mask(self.all_points, shape, stride=1)
+        ignored = self.ignored_windows(shape, stride=1)
+        if ignored is not None:
+            mask &= ~ignored
         return np.flatnonzero(mask.ravel()).astype(np.int32)
+
+    def ignored_windows(self, shape: tuple[int, int], stride: int) -> np.ndarray | None:
+        """Boolean grid of the windows centred in an ignore region (None without any)."""
+        from viewer.dataset.ignore import ignored_window_mask
+
+        return ignored_window_mask(self.ignore_regions, shape, stride)
 
 
 def load_labelled(entry: ImageEntry) -> LabelledImage:
     """Open an image and its annotations (pixel coordinates)."""
-    from viewer.annotations import TUMOUR_CLASS, load_annotations
+    from viewer.annotations import IGNORE_CLASS, TUMOUR_CLASS, image_regions, load_annotations
+    from viewer.dataset.ignore import ignored_centres
     from viewer.metrics import all_class_points
     from viewer.slide import open_slide
 
     slide = open_slide(entry.image_path)
     ann = load_annotations(entry.annotation_path)
     w, h = slide.width, slide.height
+    # Ignore regions come from the regions sidecar beside the JSON (what the viewer saves).
+    ignore = tuple(r for r in image_regions(entry.image_path, entry.annotation_path) if r.name == IGNORE_CLASS)
+    tumour = ann.pixel_points(TUMOUR_CLASS, w, h)
+    if ignore:
+        tumour = tumour[~ignored_centres(tumour, ignore)]
     return LabelledImage(
         name=entry.name,
         pixels=slide.read_all(),
-        tumour_points=ann.pixel_points(TUMOUR_CLASS, w, h),
+        tumour_points=tumour,
         all_points=all_class_points(ann, w, h),
         notes=tuple(slide.notes) + tuple(ann.notes),
+        ignore_regions=ignore,
     )
 
 

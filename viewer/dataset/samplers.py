@@ -62,6 +62,10 @@ def offcentre_top_lefts(image: LabelledImage, count: int, rng: np.random.Generat
     centres = tl.astype(np.float64) + PATCH_SIZE / 2.0
     d2 = ((centres[:, None, :] - image.all_points[None, :, :]) ** 2).sum(-1)
     ok = d2.min(axis=1) >= OFFCENTRE_INNER**2
+    if image.ignore_regions:
+        from viewer.dataset.ignore import ignored_centres
+
+        ok &= ~ignored_centres(centres, image.ignore_regions)
     return tl[ok][:count]
 
 
@@ -80,6 +84,9 @@ class ImageSampler:
 
         image = next(img for img in self.images if img.name == image_name)
         clear = clear_window_mask(image.all_points, heatmap.shape, stride) & np.isfinite(heatmap)
+        ignored = image.ignored_windows(heatmap.shape, stride)
+        if ignored is not None:
+            clear &= ~ignored
         rows, cols = np.nonzero(clear)
         weights = heatmap[rows, cols].astype(np.float64)
         total = weights.sum()

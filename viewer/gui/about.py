@@ -43,8 +43,14 @@ def notices_file() -> Path | None:
 
 
 def about_markdown(model_path: str | None) -> str:
-    """The About tab: header and the model in use."""
-    model = f"Model in use: `{model_path}`\n\n" if model_path else "Model in use: the bundled model (see *Model card*).\n\n"
+    """The About tab: header and the model in use (a fine-tuned model's own card with it)."""
+    model = f"Model in use: `{model_path}`
+
+" if model_path else "Model in use: the bundled model (see *Model card*).
+
+"
+    if model_path:
+        model += _finetune_card(model_path)
     return _HEADER + model
 
 
@@ -79,6 +85,19 @@ def _browser(markdown: str) -> QTextBrowser:
     browser.setOpenExternalLinks(True)
     browser.setMarkdown(markdown)
     return browser
+
+
+def _finetune_card(model_path: str) -> str:
+    """A fine-tuned model's own card (from which model, by SHA-256), before the bundled one's."""
+    from viewer.errors import InputError
+    from viewer.finetune import finetune_card
+    from viewer.model import read_model_metadata
+
+    try:
+        card = finetune_card(read_model_metadata(model_path))
+    except (InputError, OSError):
+        return ""
+    return f"{card}\nThe bundled model's card is under *Model card*.\n\n" if card else ""
 
 
 class AboutDialog(QDialog):

@@ -41,6 +41,7 @@ class Actions:
     auto_run: QAction
     run_visible: QAction
     run_rectangle: QAction
+    improve_model: QAction
     show_tissue: QAction
     smooth_heatmap: QAction
     overview_max: QAction
@@ -173,6 +174,9 @@ def build_actions(window: QMainWindow) -> Actions:
                             "Compute the heatmap of what is on screen only; a later run continues the rest"),
         run_rectangle=_action(window, "Analyse a &Rectangle", tip="Place a box to move and resize, then press "
                               "Enter to compute the heatmap under it", checkable=True),
+        improve_model=_action(window, "&Improve Model from My Annotations…",
+                              tip="Fine-tune the current model on this image's annotations as they are now "
+                              "(in a separate process), save it as a new model file and use it"),
         show_tissue=_action(window, "&Tissue Mask", ["T"], "Show where tissue was detected (whole slides)",
                             checkable=True),
         smooth_heatmap=_action(window, "&Smooth Heatmap", tip="Draw the heatmap smoothly (bilinear) instead of "
@@ -223,6 +227,8 @@ def build_menus(window: QMainWindow, a: Actions) -> tuple[QToolBar, QMenu]:
     threads_menu.setToolTipsVisible(True)
     threads_menu.addActions(list(a.thread_limits.values()))
     analysis.addAction(a.auto_run)
+    analysis.addSeparator()
+    analysis.addAction(a.improve_model)
     help_menu = bar.addMenu("&Help")
     help_menu.addActions([a.shortcuts, a.about])
 

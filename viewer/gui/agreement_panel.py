@@ -34,17 +34,20 @@ class AgreementPanel(QWidget):
         layout = QVBoxLayout(self)
         self.message = QLabel()
         self.message.setWordWrap(True)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["Class", "Points", "Mean p"])
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Class", "Points", "Mean p", "Before"])
+        self.before: tuple[str, AgreementResult] | None = None
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for column in (1, 2):
+        for column in (1, 2, 3):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.horizontalHeaderItem(2).setToolTip("Mean heatmap tumour probability at the class's points")
+        self.table.horizontalHeaderItem(3).setToolTip("Mean p with the model before Analysis › Improve Model")
+        self.table.setColumnHidden(3, True)
         self.auc_label = QLabel()
         self.auc_label.setWordWrap(True)  # never let this line widen the dock
         self.auc_label.setToolTip(
@@ -61,8 +64,14 @@ class AgreementPanel(QWidget):
         layout.addStretch(1)
         self.show_result(None, "Open an image with annotations and run the heatmap to compare them.")
 
-    def show_result(self, result: AgreementResult | None, message: str = "") -> None:
-        """Fill the table from ``result``; with None, explain in ``message`` what is missing."""
+    def show_result(self, result: AgreementResult | None, message: str = "",
+                    before: tuple[str, AgreementResult] | None = None) -> None:
+        """Fill the table from ``result``; with None, explain in ``message`` what is missing.
+
+        ``before``: (model name, result) of the same image with the model before a fine-tune,
+        shown as a "Before" column and next to the AUC."""
+        self.before = before
+        self.table.setColumnHidden(3, before is None)
         self.message.setText(message)
         self.message.setVisible(bool(message))
         self.export_button.setEnabled(result is not None)
@@ -80,7 +89,12 @@ class AgreementPanel(QWidget):
             mean = QTableWidgetItem(_number(entry.mean_probability))
             if entry.sampled < entry.points:
                 mean.setToolTip(f"{entry.sampled:,} of {entry.points:,} points lie on computed heatmap cells")
-            for column, item in enumerate((name, points, mean)):
+            cells = [name, points, mean]
+            if before is not None:
+                previous = before[1].by_class().get(entry.name)
+                cells.append(QTableWidgetItem(_number(previous.mean_probability) if previous else "–"))
+                cells[-1].setToolTip(f"Mean p with {before[0]}, before the fine-tune")
+            for column, item in enumerate(cells):
                 if column:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
@@ -88,6 +102,7 @@ class AgreementPanel(QWidget):
         self.auc_label.setText(
             f"AUC vs tumour points: <b>{_number(result.auc)}</b><br>"
             f"<small>{result.positive_windows:,} positive, {result.negative_windows:,} negative windows</small>"
+            + (f"<br>Before, with {before[0]}: <b>{_number(before[1].auc)}</b>" if before is not None else "")
         )
 
     def _fit_table(self) -> None:

@@ -33,6 +33,7 @@ from viewer.gui.document_controller import DocumentController
 from viewer.gui.export_controller import ExportController
 from viewer.gui.heatmap_controller import HeatmapController
 from viewer.gui.heatmap_layer import HeatmapLayer
+from viewer.gui.improve_model import ImproveModelController
 from viewer.gui.region_picker import RegionPicker
 from viewer.gui.tissue_layer import TissueLayer
 from viewer.gui.layers import LayerState
@@ -127,6 +128,8 @@ class MainWindow(QMainWindow):
             self, self.document, self.heatmap_controller, self.model_controller, self.agreement_controller,
             self.layers_panel, self.actions.export_legend, self.status, self.settings,
         )
+        self.improve_model_controller = ImproveModelController(
+            self, self.document, self.model_controller, self.agreement_controller, self.settings, self.status)
         self._connect()
         self.actions.auto_run.setChecked(self.settings.auto_run_heatmap())
         self.actions.export_legend.setChecked(self.settings.export_legend())
@@ -207,6 +210,7 @@ class MainWindow(QMainWindow):
         a.cancel_heatmap.triggered.connect(heatmaps.cancel)
         a.auto_run.toggled.connect(self.settings.set_auto_run_heatmap)
         a.export_legend.toggled.connect(self.settings.set_export_legend)
+        a.improve_model.triggered.connect(self.improve_model_controller.choose)
         a.window_step_group.triggered.connect(lambda action: heatmaps.set_window_step(action.data()))
         a.about.triggered.connect(lambda: AboutDialog(self.model_path, self).exec())
         a.shortcuts.triggered.connect(lambda: ShortcutsDialog(self).exec())
@@ -293,7 +297,7 @@ class MainWindow(QMainWindow):
     def _update_image_actions(self) -> None:
         a, has_image = self.actions, self.document.opened is not None
         for action in (a.open_annotations, a.open_heatmap, a.export_overlay, a.close_image, a.fit, a.zoom_100,
-                       a.zoom_in, a.zoom_out):
+                       a.zoom_in, a.zoom_out, a.improve_model):
             action.setEnabled(has_image)
 
     def _fill_recent_menu(self) -> None:
@@ -378,6 +382,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.annotation_editor.shut_down()
+        self.improve_model_controller.shut_down()
         self.settings.save_window(self.saveGeometry(), self.saveState())
         self.settings.sync()
         self.document_controller.shut_down()
