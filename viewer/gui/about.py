@@ -44,11 +44,7 @@ def notices_file() -> Path | None:
 
 def about_markdown(model_path: str | None) -> str:
     """The About tab: header and the model in use (a fine-tuned model's own card with it)."""
-    model = f"Model in use: `{model_path}`
-
-" if model_path else "Model in use: the bundled model (see *Model card*).
-
-"
+    model = f"Model in use: `{model_path}`\n\n" if model_path else "Model in use: the bundled model (see *Model card*).\n\n"
     if model_path:
         model += _finetune_card(model_path)
     return _HEADER + model
