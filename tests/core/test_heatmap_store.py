@@ -546,3 +546,18 @@ def test_precision_is_recorded_checked_and_old_stores_count_as_float32(tmp_path)
     assert resumed
     with pytest.raises(OutputError, match="precision differs: float32, this run bfloat16"):
         HeatmapStore.open_or_create(old.path, shape=SHAPE, attrs=make_attrs(precision="bfloat16"), chunk=CHUNK)
+
+
+@pytest.mark.parametrize("chunks", [[], [(0, 0)], [(1, 2), (4, 0), (4, 5)]], ids=["fresh", "one", "partial"])
+def test_overview_of_a_partly_done_store_equals_zarrs_own_read(store, chunks):
+    """read_overview reads only finished chunks when few are: the same array as reading it all."""
+    import zarr
+
+    fill(store, chunks)
+    for kind in ("mean", "max"):
+        expected = np.asarray(zarr.open_group(str(store.path), mode="r")[f"overview_{kind}"][...], dtype=np.float32)
+        got = store.read_overview(kind)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.array_equal(got, expected, equal_nan=True)
+        if not chunks:
+            assert np.isnan(got).all()
