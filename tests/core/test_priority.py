@@ -66,3 +66,29 @@ def test_engine_pools_are_lowered_only_in_background_mode(restore_mode):
 def test_elsewhere_it_does_nothing(monkeypatch):
     monkeypatch.setattr(priority.sys, "platform", "darwin")
     assert priority.lower_current_thread() is False
+
+
+@linux_only
+def test_library_threads_are_lowered_by_name_only_in_background_mode(restore_mode):
+    import queue
+
+    stop = queue.Queue()
+    started = threading.Event()
+
+    def idle() -> None:
+        started.set()
+        stop.get()
+
+    thread = threading.Thread(target=idle, name="zarr_io")
+    thread.start()
+    started.wait()
+    try:
+        priority.set_background(False)
+        assert priority.lower_threads_named("zarr_io") == 0
+        priority.set_background(True)
+        assert priority.lower_threads_named("zarr_io", "zarr_pool") == 1
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) >= priority.BACKGROUND_NICE
+        assert priority.lower_threads_named("no-such-thread") == 0
+    finally:
+        stop.put(None)
+        thread.join()

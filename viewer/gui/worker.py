@@ -310,6 +310,7 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Generato
         SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, plan_slide_heatmap, run_to_store,
         settle_precision,
     )
+    from viewer.heatmap.priority import lower_threads_named
     from viewer.model import bundled_model_path
 
     model_file = request.model_path or bundled_model_path()
@@ -321,6 +322,8 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Generato
     if request.store_path is not None:
         store, _resumed = open_store_for(plan, request.store_path)
         skip = store.done_mask()
+        # zarr's I/O loop (started by now) encodes and writes every chunk: background too.
+        lower_threads_named("zarr_io", "zarr_pool")
     chunks = chunks_in_order(plan, request.order_from, skip=skip)
     if request.scope is not None:
         chunks = [ij for ij in chunks if _chunk_meets(plan, ij, request.scope)]

@@ -57,3 +57,23 @@ def thread_initializer() -> Callable[[], object] | None:
     """The ``initializer`` for a thread pool the heatmap engine creates: lowers each of its
     threads in background mode, else None (normal priority)."""
     return lower_current_thread if _background else None
+
+
+def lower_threads_named(*prefixes: str, nice: int = BACKGROUND_NICE) -> int:
+    """Lower running threads whose names start with one of ``prefixes`` (threads a library
+    started, such as zarr's I/O loop, which encodes and writes the store's chunks); returns how
+    many were lowered. Linux only; does nothing outside background mode."""
+    if not _background or not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return 0
+    lowered = 0
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or not thread.name.startswith(prefixes):
+            continue
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            lowered += 1
+        except OSError:  # the thread ended meanwhile, or the system refuses
+            continue
+    return lowered
