@@ -27,7 +27,7 @@ the tissue are NaN (not computed). Tissue detection is on for whole-slide images
 single microscope fields such as BreCaHAD images; --tissue-mask / --no-tissue-mask choose.
 
 --precision bfloat16 runs the network in bfloat16 (first convolution in float32) on CPUs with
-bfloat16 units: about 2.1-2.3 times as fast, probabilities within ~0.02 of float32; the output records
+bfloat16 units: about 2.4-2.5 times as fast, probabilities within ~0.02 of float32; the output records
 its precision. --threads N caps TensorFlow's thread pools (intra-op N, inter-op min(N, 2)).
 """
 
@@ -70,7 +70,7 @@ def add_compute_options(parser) -> None:
     from viewer.heatmap.precision import DEFAULT_PRECISION, PRECISIONS
 
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                        help="arithmetic of the network: float32 (default, exact) or bfloat16 (about 2.1-2.3x as fast "
+                        help="arithmetic of the network: float32 (default, exact) or bfloat16 (about 2.4-2.5x as fast "
                              "on CPUs with AVX512_BF16/AMX or ARM BF16, probabilities within ~0.02; "
                              "elsewhere float32 is used, with a note)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",

@@ -32,7 +32,7 @@ Tiles (:func:`plan_heatmap`)
 
 Precision
     ``precision="float32"`` (default) is exact as above. ``"bfloat16"`` runs every layer but the last
-    in bfloat16 on CPUs with bfloat16 units, the first on the raw 0-255 pixel values (about 2.1-2.3
+    in bfloat16 on CPUs with bfloat16 units, the first on the raw 0-255 pixel values (about 2.4-2.5
     times the speed; probabilities within ~0.02), see :func:`_exact_function`; elsewhere it warns once
     and computes in float32 (:mod:`viewer.heatmap.precision`).
 
@@ -825,7 +825,7 @@ def iter_heatmap_tiles(
     if impossible) or ``"windows"``.
 
     ``precision``: ``"float32"`` (default; equal to the sliding window to float round-off) or
-    ``"bfloat16"`` (about 2.1-2.3 times as fast on CPUs with bfloat16 units; probabilities within about
+    ``"bfloat16"`` (about 2.4-2.5 times as fast on CPUs with bfloat16 units; probabilities within about
     0.02 of float32). On a CPU without bfloat16 units, bfloat16 warns once and computes in
     float32; the batched-window fallback always computes in float32
     (:func:`effective_precision` says which one a run uses).
