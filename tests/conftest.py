@@ -88,3 +88,20 @@ def synthetic_dataset(tmp_path):
         return write_synthetic_dataset(tmp_path / name, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def no_bf16(monkeypatch):
+    """Pretend this CPU has no bfloat16 units (the detector is looked up at run time)."""
+    from viewer.heatmap import engine, precision
+
+    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (False, "this CPU has neither AVX512_BF16 nor AMX"))
+    monkeypatch.setattr(engine, "_FALLBACK_WARNED", False)
+
+
+@pytest.fixture
+def with_bf16(monkeypatch):
+    """Pretend this CPU has bfloat16 units (TensorFlow then runs bfloat16 even where it would emulate it)."""
+    from viewer.heatmap import precision
+
+    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (True, "the CPU has AVX512_BF16"))

@@ -35,18 +35,6 @@ CPU implementer\t: 0x41
 """
 
 
-@pytest.fixture
-def no_bf16(monkeypatch):
-    """Pretend this CPU has no bfloat16 units (the detector is looked up at run time)."""
-    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (False, "this CPU has neither AVX512_BF16 nor AMX"))
-    monkeypatch.setattr(engine, "_FALLBACK_WARNED", False)
-
-
-@pytest.fixture
-def with_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (True, "the CPU has AVX512_BF16"))
-
-
 @pytest.fixture(scope="module")
 def image():
     rng = np.random.default_rng(3)

@@ -1,5 +1,6 @@
 """Analysis › Precision and Analysis › CPU Threads: what the menus offer, what choosing does, and
-that the choice persists. The CPU detector is replaced both ways, so both branches run on any CPU."""
+that the choice persists. The CPU detector is replaced both ways (fixtures no_bf16 / with_bf16 in
+tests/conftest.py), so both branches run on any CPU."""
 
 from __future__ import annotations
 
@@ -11,17 +12,6 @@ import pytest
 from viewer.gui import worker
 from viewer.gui.settings import Settings
 from viewer.heatmap import compute_heatmap, engine, precision
-
-
-@pytest.fixture
-def no_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (False, "this CPU has neither AVX512_BF16 nor AMX"))
-    monkeypatch.setattr(engine, "_FALLBACK_WARNED", False)
-
-
-@pytest.fixture
-def with_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "bfloat16_support", lambda flags=None: (True, "the CPU has AVX512_BF16"))
 
 
 @pytest.fixture
