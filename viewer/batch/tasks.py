@@ -268,8 +268,8 @@ class _TaskStore:
     def write_tissue_chunk(self, i: int, j: int, mask: np.ndarray) -> None:
         self._store.write_tissue_chunk(i, j, mask)
 
-    def write_chunk(self, i: int, j: int, probabilities: np.ndarray) -> None:
-        self._store.write_chunk(i, j, probabilities)
+    def write_chunk(self, i: int, j: int, probabilities: np.ndarray, *, tissue: np.ndarray | None = None) -> None:
+        self._store.write_chunk(i, j, probabilities, tissue=tissue)
 
     def mark_complete(self) -> None:
         pass

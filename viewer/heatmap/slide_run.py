@@ -572,8 +572,9 @@ def run_to_store(
     busy = [ij for ij in todo if counts is None or counts[ij] > 0]
 
     def write(ij: tuple[int, int], tile: HeatmapTile) -> None:
-        store.write_tissue_chunk(*ij, plan.evaluated_cells(tile.rows, tile.cols))
-        store.write_chunk(*ij, tile.probabilities)
+        # The evaluated (tissue) cells are exactly those with a value: the engine computed them,
+        # and iter_slide_heatmap set the others to NaN (recomputing the mask cost a tenth of a run).
+        store.write_chunk(*ij, tile.probabilities, tissue=~np.isnan(tile.probabilities))
 
     def empty_tile(ij: tuple[int, int]) -> HeatmapTile:
         rows, cols = plan.chunk_slices(*ij)

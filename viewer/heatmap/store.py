@@ -31,9 +31,11 @@ Crash safety
     :meth:`HeatmapStore.write_chunk` writes the probability chunk and its overview chunks
     first and sets ``done`` last, so a chunk marked done is complete; a chunk interrupted
     half-way is not marked and is simply recomputed on resume (the model is deterministic, so
-    the final arrays equal those of an uninterrupted run). Every file is written by
-    :class:`DurableLocalStore`: temporary file in the same folder, fsync, ``os.replace``, fsync
-    of the folder. zarr 3's own ``LocalStore`` wrote chunk files in place before zarr 3.1.3
+    the final arrays equal those of an uninterrupted run). Every file is written as a
+    temporary file in the same folder, then ``os.replace``d, and made durable (fsync of the
+    file and its folder) before the ``done`` flag is written: chunk files by
+    :class:`_ChunkFiles` (the bytes zarr would write, without zarr's per-write overhead; a
+    chunk's data files are synced together), everything else by :class:`DurableLocalStore`. zarr 3's own ``LocalStore`` wrote chunk files in place before zarr 3.1.3
     (zarr-python issue #3411) -- a kill mid-write left a truncated, undecodable chunk -- and
     even now does not fsync, so a power cut could persist the ``done`` flag before the data it
     vouches for. Temporary files a kill leaves (``.<name>.<hex>.partial``) are never read as
@@ -109,16 +111,20 @@ def _make_folders(folder: Path) -> None:
     fsync_folder(folder.parent)
 
 
-def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either the old or the whole new content."""
+def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False, *, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either the old or the whole new content.
+
+    ``sync=False``: atomic (a kill leaves the old or the new file) but not yet durable; the
+    caller makes a batch of such files durable at once with :func:`_sync_files`."""
     _make_folders(path.parent)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            with contextlib.suppress(OSError):  # file systems without fsync
-                os.fsync(fh.fileno())
+            if sync:
+                with contextlib.suppress(OSError):  # file systems without fsync
+                    os.fsync(fh.fileno())
         if exclusive:
             try:
                 os.link(tmp, path)  # fails if path exists, unlike rename
@@ -128,7 +134,23 @@ def _durable_put(path: Path, data: memoryview | bytes, exclusive: bool = False) 
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+    if sync:
+        fsync_folder(path.parent)
+
+
+def _sync_files(paths: list[Path]) -> None:
+    """Make files written with ``_durable_put(..., sync=False)`` durable: each file, then each of
+    their folders once. One barrier for a chunk's four data files costs about what one file's
+    fsync did: the file system's first journal commit carries the others' data along."""
+    for path in paths:
+        fd = os.open(path, os.O_RDWR)  # writable: Windows commits only files opened for writing
+        try:
+            with contextlib.suppress(OSError):  # file systems without fsync
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in dict.fromkeys(path.parent for path in paths):
+        fsync_folder(folder)
 
 
 class DurableLocalStore(LocalStore):
@@ -156,6 +178,68 @@ class DurableLocalStore(LocalStore):
     def set_sync(self, key: str, value: Buffer) -> None:
         self._ensure_open_sync()
         self._write(key, value, False)
+
+
+class _ChunkFiles:
+    """Writes whole chunks of one zarr array byte for byte as zarr would, without zarr's machinery.
+
+    zarr 3 spends about 1 ms of Python per chunk it writes (indexing, its event loop, two thread
+    hops), a few times the cost of encoding and writing the file: with five arrays per heatmap
+    chunk that was ~4.5 ms of CPU per chunk, which on two cores slowed a whole-slide run by half
+    (issue 10). The arrays' layout is this module's own and plain -- little-endian bytes, then
+    zstd or nothing -- so a chunk is encoded here with the same numcodecs codec zarr uses and
+    written with :func:`_durable_put`. Arrays with any other codecs (none that HistoViewer
+    writes) keep going through zarr (:meth:`of` returns None). As with zarr's default
+    ``write_empty_chunks=False``, a chunk holding only the fill value has no file. Tests compare
+    the files with those zarr writes.
+    """
+
+    def __init__(self, folder: Path, array: zarr.Array, compressor) -> None:
+        self.folder = folder
+        self.metadata = array.metadata
+        self.chunk_shape = tuple(int(v) for v in array.chunks)
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.fill = np.array(array.fill_value, dtype=self.dtype)
+        self.compressor = compressor
+
+    @classmethod
+    def of(cls, root: Path, array: zarr.Array) -> _ChunkFiles | None:
+        from zarr.codecs import BytesCodec, ZstdCodec
+
+        metadata = array.metadata
+        codecs = tuple(getattr(metadata, "codecs", ()))
+        if getattr(metadata, "zarr_format", None) != 3 or not codecs or not isinstance(codecs[0], BytesCodec):
+            return None
+        if np.dtype(array.dtype).itemsize > 1 and getattr(codecs[0].endian, "value", codecs[0].endian) != "little":
+            return None
+        if len(codecs) == 1:
+            compressor = None
+        elif len(codecs) == 2 and isinstance(codecs[1], ZstdCodec):
+            from numcodecs import Zstd
+
+            compressor = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+        else:
+            return None
+        return cls(root / array.path, array, compressor)
+
+    def write(self, index: tuple[int, ...], block: np.ndarray, *, sync: bool = True) -> Path | None:
+        """Write chunk ``index``; ``block`` is its part inside the array (smaller at the edges).
+        Returns the file written (None: none, the chunk is all fill value); ``sync=False``: not
+        yet durable (see :func:`_sync_files`)."""
+        path = self.folder / self.metadata.encode_chunk_key(tuple(int(v) for v in index))
+        if block.shape == self.chunk_shape:
+            full = np.ascontiguousarray(block, dtype=self.dtype)
+        else:  # an edge chunk: zarr stores the full chunk shape, padded with the fill value
+            full = np.full(self.chunk_shape, self.fill, dtype=self.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+        if np.array_equal(full, np.broadcast_to(self.fill, full.shape), equal_nan=full.dtype.kind == "f"):
+            path.unlink(missing_ok=True)  # all fill value: no file, as zarr does
+            return None
+        data = full.tobytes()
+        if self.compressor is not None:
+            data = self.compressor.encode(data)
+        _durable_put(path, data, sync=sync)
+        return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +357,8 @@ class HeatmapStore:
         self._shape = tuple(int(v) for v in self._probability.shape)
         self._chunk = int(self._probability.chunks[0])
         self._check_layout()
+        self._files = {name: _ChunkFiles.of(path, group[name])
+                       for name in ("probability", "tissue", "done", "overview_mean", "overview_max")}
 
     def __repr__(self) -> str:
         done, total = self.progress()
@@ -511,24 +597,41 @@ class HeatmapStore:
         rows, cols = self.chunk_slices(i, j)
         mask = np.asarray(mask)
         self._check_block(mask, rows, cols, "tissue mask")
-        self._tissue[rows, cols] = (mask != 0).astype(np.uint8)
+        self._write("tissue", (i, j), (rows, cols), (mask != 0).astype(np.uint8))
 
-    def write_chunk(self, i: int, j: int, probabilities: np.ndarray) -> None:
+    def write_chunk(self, i: int, j: int, probabilities: np.ndarray, *, tissue: np.ndarray | None = None) -> None:
         """Store the final probabilities of chunk ``(i, j)`` (NaN = background, not evaluated),
-        its overview blocks, and then -- only then -- mark the chunk done."""
+        its overview blocks and, if given, its ``tissue`` mask (as :meth:`write_tissue_chunk`);
+        make them durable together; and then -- only then -- mark the chunk done."""
         rows, cols = self.chunk_slices(i, j)
         values = np.asarray(probabilities, dtype=np.float32)
         self._check_block(values, rows, cols, "probabilities")
+        written = []
+        if tissue is not None:
+            tissue = np.asarray(tissue)
+            self._check_block(tissue, rows, cols, "tissue mask")
+            written.append(self._write("tissue", (i, j), (rows, cols), (tissue != 0).astype(np.uint8), sync=False))
         mean, peak = reduce_overview(values)
         f = OVERVIEW_FACTOR
         small = (slice(rows.start // f, rows.start // f + mean.shape[0]), slice(cols.start // f, cols.start // f + mean.shape[1]))
-        self._probability[rows, cols] = values
-        self._overview["mean"][small] = mean
-        self._overview["max"][small] = peak
+        written.append(self._write("probability", (i, j), (rows, cols), values, sync=False))
+        written.append(self._write("overview_mean", (i, j), small, mean, sync=False))
+        written.append(self._write("overview_max", (i, j), small, peak, sync=False))
+        _sync_files([path for path in written if path is not None])
         self._mark_done(i, j)
 
     def _mark_done(self, i: int, j: int) -> None:
-        self._done[i, j] = 1
+        self._write("done", (i, j), (slice(i, i + 1), slice(j, j + 1)), np.ones((1, 1), np.uint8))
+
+    def _write(self, name: str, index: tuple[int, int], where: tuple[slice, slice], block: np.ndarray,
+               *, sync: bool = True) -> Path | None:
+        """Write ``block``, which is chunk ``index`` of array ``name`` (its part inside the array).
+        Returns the file to sync when ``sync=False`` (None: nothing left to sync)."""
+        files = self._files[name]
+        if files is not None and not self._group.store.read_only:
+            return files.write(index, block, sync=sync)
+        self._group[name][where] = block  # another layout, or a read-only store (zarr refuses)
+        return None  # zarr's writes go through DurableLocalStore: durable already
 
     def mark_complete(self) -> None:
         """Record in the attributes that every chunk is final. Refuses while chunks are missing."""
