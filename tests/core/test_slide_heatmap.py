@@ -230,3 +230,32 @@ def test_read_ahead_reads_each_block_once_and_cuts_its_tiles_from_it():
     finally:
         ahead.close()
     assert image.calls == [(0, 0, 160, 80), (200, 100, 50, 90)]
+
+
+def test_a_store_made_with_another_chunk_size_is_resumed_in_its_own(slide_path, model, tmp_path, capsys):
+    """Stores made before the default chunk changed (64 -> 128 cells) stay resumable: a run that
+    does not choose a chunk size adopts the store's own; choosing one, or --force, does not."""
+    from viewer.heatmap.slide_run import DEFAULT_CHUNK, options_for_store
+    from viewer.heatmap.store import HeatmapStore
+
+    out = tmp_path / "old.zarr"
+    region = (0, 0, 1600, 1200)
+    slide = open_slide(slide_path)
+    old = plan_slide_heatmap(slide, bundled_model_path(), SlideHeatmapOptions(region=region, chunk=64))
+    store, _ = open_store_for(old, out)
+    first = next(iter(run_to_store(old, model, store, interactive=False)))[0]
+    assert 64 != DEFAULT_CHUNK and store.done_mask().sum() >= 1
+
+    assert options_for_store(SlideHeatmapOptions(), out).chunk == 64
+    assert options_for_store(SlideHeatmapOptions(chunk=32), out).chunk == 32  # the user's choice stands
+    assert options_for_store(SlideHeatmapOptions(), out, force=True).chunk is None
+    assert options_for_store(SlideHeatmapOptions(), tmp_path / "none.zarr").chunk is None
+
+    args = ["heatmap", str(slide_path), "--out", str(out), "--region", ",".join(map(str, region))]
+    assert main(args) == 0
+    assert "resuming" in capsys.readouterr().err
+    resumed = HeatmapStore.open(out)
+    assert resumed.chunk == 64 and resumed.done_mask().all() and resumed.attrs["complete"]
+    np.testing.assert_array_equal(resumed.read(slice(None), slice(None)), compute_slide_array(old, model))
+    assert first is not None
+    slide.close()

@@ -50,11 +50,11 @@ from viewer.batch.tasks import (
 from viewer.errors import InputError
 from viewer.heatmap.slide_run import SlideHeatmapOptions
 
-MIN_GROUP_CHUNKS = 2
-MAX_GROUP_CHUNKS = 16
+MIN_GROUP_CELLS = 2 * 64 * 64
+MAX_GROUP_CELLS = 16 * 64 * 64
 GROUPS_PER_THREAD = 4
-"""A chunk task computes about 1/(4 x worker threads) of a slide's work, and between 2 and 16
-full chunks' worth of tissue cells (64 x 64 cells at stride 8 is 0.26 Mpx, ~0.05-0.1 s per core):
+"""A chunk task computes about 1/(4 x worker threads) of a slide's work, and between 8k and 64k
+tissue cells (4096 cells at stride 8 is 0.26 Mpx, ~0.05-0.1 s per core), in whole blocks of chunks:
 large enough that Dask's per-task cost (~1 ms) and the task's store opening vanish, small enough
 that one slide spreads evenly over every worker, and a lost worker loses little."""
 
@@ -136,7 +136,7 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
     slides = [
         _Slide(
             SlideJob(k, item.path, str(outdir / item.folder), str(settings.model), sha, settings.options,
-                     settings.threshold, settings.overlay_size, settings.geojson),
+                     settings.threshold, settings.overlay_size, settings.geojson, settings.force),
             SlideRow(item.path, item.folder, model_sha256=sha),
         )
         for k, item in enumerate(settings.inputs)
@@ -295,8 +295,8 @@ def chunk_groups(
     counts: np.ndarray, todo: np.ndarray, chunk: int, threads: int, block: tuple[int, int] = (1, 1),
 ) -> list[list[tuple[int, int]]]:
     """The chunks to compute (``todo``, on the chunk grid) in groups of about equal work:
-    :data:`GROUPS_PER_THREAD` groups per worker thread, bounded by :data:`MIN_GROUP_CHUNKS` and
-    :data:`MAX_GROUP_CHUNKS` full chunks.
+    :data:`GROUPS_PER_THREAD` groups per worker thread, of :data:`MIN_GROUP_CELLS` to
+    :data:`MAX_GROUP_CELLS` cells of work (a group takes whole blocks, so it may hold more).
 
     ``block``: chunks per side ``(rows, cols)`` of the aligned blocks the engine tiles as a whole
     (:func:`~viewer.heatmap.slide_run.group_side`). Groups are made of whole blocks, taken in
@@ -305,7 +305,7 @@ def chunk_groups(
     full = float(chunk * chunk)
     weights = np.where(counts > 0, counts.astype(np.float64), EMPTY_CHUNK_WEIGHT * full)
     total = float(weights[todo].sum())
-    target = min(max(total / (GROUPS_PER_THREAD * max(1, threads)), MIN_GROUP_CHUNKS * full), MAX_GROUP_CHUNKS * full)
+    target = min(max(total / (GROUPS_PER_THREAD * max(1, threads)), MIN_GROUP_CELLS), MAX_GROUP_CELLS)
     rows, cols = todo.shape
     block_rows, block_cols = block
     groups: list[list[tuple[int, int]]] = []

@@ -52,6 +52,8 @@ class SlideJob:
     overlay_size: int | None
     """Longest side of the overlay PNG; None: no overlay."""
     geojson: bool
+    force: bool = False
+    """Replace the slide's store rather than resume it."""
 
     @property
     def store_path(self) -> Path:
@@ -153,12 +155,16 @@ def prepare_slide(job: SlideJob) -> PreparedSlide:
     the precision against the model, as ``histoviewer heatmap`` does before creating its store."""
     from viewer.batch.cluster import worker_model
     from viewer.errors import ModelError
-    from viewer.heatmap.slide_run import group_side, plan_slide_heatmap, settle_precision, slide_fingerprint
+    from viewer.heatmap.slide_run import (
+        group_side, options_for_store, plan_slide_heatmap, settle_precision, slide_fingerprint,
+    )
     from viewer.slide import open_slide
 
     start = time.perf_counter()
     with open_slide(job.slide) as slide:
-        plan = plan_slide_heatmap(slide, job.model, job.options)
+        # A store left by an earlier version keeps its chunk size; the job's options (which the
+        # slide's record compares) stay the user's.
+        plan = plan_slide_heatmap(slide, job.model, options_for_store(job.options, job.store_path, force=job.force))
         if plan.model_sha256 != job.model_sha256:
             raise ModelError("changed on disk while the batch was running; start the batch again", Path(job.model))
         settle_precision(plan, worker_model(job.model, job.model_sha256))

@@ -172,14 +172,18 @@ def compute_with_progress(pixels, model, stride: int, *, quiet: bool, label: str
     return out, heatmap_method(model, stride)
 
 
-def plan_for(slide, args, path: Path):
+def plan_for(slide, args, path: Path, store: Path | None = None):
     """The slide's analysis plan for a command's options, the loaded model, and the notes to print
-    after success (analysis scale, tissue share). Shared by every command that computes heatmaps."""
-    from viewer.heatmap.slide_run import plan_slide_heatmap, settle_precision
+    after success (analysis scale, tissue share). Shared by every command that computes heatmaps.
+    ``store``: the .zarr store the run goes into (an existing one keeps its chunk size)."""
+    from viewer.heatmap.slide_run import options_for_store, plan_slide_heatmap, settle_precision
     from viewer.model import load_model
 
+    options = analysis_options(args)
+    if store is not None:
+        options = options_for_store(options, store, force=args.force)
     try:
-        plan = plan_slide_heatmap(slide, path, analysis_options(args))
+        plan = plan_slide_heatmap(slide, path, options)
     except InputError as exc:
         if exc.path is not None:
             raise
@@ -244,7 +248,7 @@ def run(args) -> int:
         check_heatmap_output(out, args.fmt, force=args.force)  # before any long work
     path = model_file(args.model)
     slide = open_slide(args.image)
-    plan, model, notes = plan_for(slide, args, path)
+    plan, model, notes = plan_for(slide, args, path, store=out if store_output else None)
     rows, cols = plan.shape
     if store_output:
         store, resumed = open_store_for(plan, out, force=args.force)

@@ -307,14 +307,16 @@ def _heatmap_tiles(request: HeatmapRequest, cancel: threading.Event) -> Generato
     cancelled; returns whether the whole store is done (True without a store). Planning (tissue
     detection on a low level, opening the store) happens here too, off the main thread."""
     from viewer.heatmap.slide_run import (
-        SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, plan_slide_heatmap, run_to_store,
-        settle_precision,
+        SlideHeatmapOptions, chunks_in_order, iter_slide_heatmap, open_store_for, options_for_store, plan_slide_heatmap,
+        run_to_store, settle_precision,
     )
     from viewer.heatmap.priority import lower_threads_named
     from viewer.model import bundled_model_path
 
     model_file = request.model_path or bundled_model_path()
     options = SlideHeatmapOptions(stride=request.stride, precision=request.precision)
+    if request.store_path is not None:  # a cached store made with an earlier default chunk size
+        options = options_for_store(options, request.store_path)
     plan = plan_slide_heatmap(request.slide, model_file, options)
     settle_precision(plan, request.model)
     store = None

@@ -29,10 +29,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from viewer.slide.source import SlideSource
     from viewer.slide.tissue import TissueMask
 
-DEFAULT_CHUNK = 64
-"""Store chunk side in cells for whole slides: 64 cells = 536 px of input at stride 8, small
-enough to paint progressively and to lose little on a crash. The engine computes blocks of such
-chunks at once (:func:`engine_tiles`), so the chunk size does not bound the engine's tile."""
+DEFAULT_CHUNK = 128
+"""Store chunk side in cells for whole slides: 128 cells = 1024 px of level 0 at stride 8 and
+the model's resolution, still small enough to paint progressively (a 50k slide has ~2,400) and
+to lose little on a crash. Each chunk costs five small files (probability, tissue, two overview
+blocks, the ``done`` flag), written durably, whatever its size; with 64-cell chunks those
+writes slowed a whole-slide run by 17-19 % on two cores, with 128-cell chunks by 4-7 %
+(issue 10). The engine computes blocks of chunks at once (:func:`engine_tiles`), in tiles of
+its own size, so the chunk size does not bound the engine's tile (nor its memory). A store
+made with another chunk size is resumed in its own (:func:`options_for_store`)."""
 
 WHOLE_SLIDE_SIDE = 4096
 """Images at most this big on both sides, without pyramid levels of their own, are microscope
@@ -437,7 +442,7 @@ decoded again by the next block, so short blocks decode much of the slide twice.
 def group_side(plan: SlideHeatmapPlan) -> tuple[int, int]:
     """Chunks per block ``(rows, cols)``: whole chunks that whole bulk tiles
     (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill, and
-    at least :data:`_BLOCK_MIN_PX` per side: 2 x 3 chunks of 64 cells (four bulk tiles)."""
+    at least :data:`_BLOCK_MIN_PX` per side: 1 x 3 chunks of 128 cells (eight bulk tiles)."""
     sides = []
     for side in bulk_tile_cells(plan.stride, streamed=True):
         base = math.lcm(side, plan.chunk) // plan.chunk
@@ -502,6 +507,22 @@ def _rectangles(chunks: list[tuple[int, int]]) -> list[tuple[int, int, int, int]
                 open_[run] = [i, i + 1]
     done.extend((i0, i1, *run) for run, (i0, i1) in open_.items())
     return done
+
+
+def options_for_store(options: SlideHeatmapOptions, path: str | Path, *, force: bool = False) -> SlideHeatmapOptions:
+    """``options`` for a run into the store at ``path``: an existing store is resumed in its own
+    chunk size unless the user chose one (or ``force`` replaces the store), so stores made with
+    an earlier default stay resumable. Call before :func:`plan_slide_heatmap`."""
+    if force or options.chunk is not None:
+        return options
+    from dataclasses import replace
+
+    from viewer.heatmap.store import OVERVIEW_FACTOR, stored_chunk
+
+    chunk = stored_chunk(path)
+    if chunk is None or chunk % OVERVIEW_FACTOR:
+        return options  # none there (or not ours): the default; open_store_for judges the rest
+    return replace(options, chunk=chunk)
 
 
 def open_store_for(plan: SlideHeatmapPlan, path: str | Path, *, force: bool = False) -> tuple[HeatmapStore, bool]:

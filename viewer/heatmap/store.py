@@ -74,8 +74,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMAT = "histoviewer-heatmap-store"
 FORMAT_VERSION = 1
-DEFAULT_CHUNK = 64
-"""Side of a probability chunk in heatmap cells (64 x 64 cells = 16 KiB of float32)."""
+DEFAULT_CHUNK = 128
+"""Side of a probability chunk in heatmap cells (128 x 128 cells = 64 KiB of float32; the same
+as :data:`viewer.heatmap.slide_run.DEFAULT_CHUNK`, which explains the choice)."""
 
 OVERVIEW_FACTOR = 8
 """Each overview pixel summarises an 8 x 8 block of heatmap cells."""
@@ -314,6 +315,14 @@ def _read_group_attrs(path: Path) -> dict | None:
     if isinstance(attrs, dict) and attrs.get("format") == FORMAT:
         return attrs
     return None
+
+
+def stored_chunk(path: str | Path) -> int | None:
+    """The chunk side of the HistoViewer store at ``path``, or None if there is no such store."""
+    path = Path(path)
+    attrs = _read_group_attrs(path) if path.is_dir() and not path.is_symlink() else None
+    chunk = None if attrs is None else attrs.get("chunk")
+    return chunk if isinstance(chunk, int) and not isinstance(chunk, bool) and chunk > 0 else None
 
 
 def _checked_precision(precision) -> str:
@@ -722,5 +731,5 @@ def _move_into_place(built: Path, path: Path) -> None:
 
 __all__ = [
     "COMPATIBILITY_KEYS", "DEFAULT_CHUNK", "PRECISIONS", "DurableLocalStore", "FORMAT", "FORMAT_VERSION", "HeatmapStore",
-    "OVERVIEW_FACTOR", "file_fingerprint", "reduce_overview", "slide_attrs",
+    "OVERVIEW_FACTOR", "file_fingerprint", "reduce_overview", "slide_attrs", "stored_chunk",
 ]
