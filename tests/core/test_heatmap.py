@@ -151,16 +151,19 @@ def test_plan_orders_tiles_outward_from_a_point():
 
 def test_default_plan_uses_bulk_tiles_with_little_padding():
     plan = hm.plan_heatmap(1024, 1360, 8)
-    assert (plan.tile_rows, plan.tile_cols) == (125, 128) and len(plan) == 2  # 1024 px tiles
-    assert hm.bulk_tile_cells(8) == (128, 128) and hm.tile_quantum(8) == 8
+    assert (plan.tile_rows, plan.tile_cols) == (125, 167) and len(plan) == 1  # a BreCaHAD field: one call
+    assert hm.bulk_tile_cells(8) == (128, 176) and hm.tile_quantum(8) == 8
     streamed = hm.plan_heatmap(1024, 1360, 8, streamed=True)  # less memory per call
     assert (streamed.tile_rows, streamed.tile_cols) == (64, 96) == hm.bulk_tile_cells(8, streamed=True)
-    for rows, cols in plan.tiles:
-        padded = plan.padded_shape(rows, cols)
-        assert padded[0] % 8 == 0 and padded[1] % 8 == 0
-        assert rows.stop - rows.start <= padded[0] < rows.stop - rows.start + 8
-        assert cols.stop - cols.start <= padded[1] < cols.stop - cols.start + 8
-    assert plan.padded_cells() <= 1.04 * plan.cells  # edge tiles padded to 8 cells, not to a bulk tile
+    large = hm.plan_heatmap(3000, 4100, 8)  # several bulk tiles, balanced
+    assert len(large) == 9 and (large.tile_rows, large.tile_cols) <= hm.bulk_tile_cells(8)
+    for each in (plan, large):
+        for rows, cols in each.tiles:
+            padded = each.padded_shape(rows, cols)
+            assert padded[0] % 8 == 0 and padded[1] % 8 == 0
+            assert rows.stop - rows.start <= padded[0] < rows.stop - rows.start + 8
+            assert cols.stop - cols.start <= padded[1] < cols.stop - cols.start + 8
+        assert each.padded_cells() <= 1.04 * each.cells  # edge tiles padded to 8 cells, not to a bulk tile
 
 
 def test_interactive_plan_starts_with_a_small_tile_at_the_point():
@@ -324,9 +327,9 @@ def test_interactive_plans_are_exact(image, model, stride):
 def test_large_image_bulk_tiles_are_exact_at_their_edges(model):
     """An image larger than one bulk tile in both directions: tiles meet inside the image and
     the padded edge tiles are cut correctly."""
-    img = textured_image(1100, 1300, seed=9)
+    img = textured_image(1100, 1700, seed=9)
     for stride in (8, 16):
-        plan = hm.plan_heatmap(1100, 1300, stride)
+        plan = hm.plan_heatmap(1100, 1700, stride)
         assert len({r.start for r, _ in plan.tiles}) > 1 and len({c.start for _, c in plan.tiles}) > 1
         got = hm.compute_heatmap(img, model, stride)
         rows, cols = got.shape

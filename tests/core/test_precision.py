@@ -353,14 +353,16 @@ def test_evaluate_reports_the_heatmaps_precision(synthetic_dataset, capsys, monk
         assert abs(fast["heatmap_auc"] - report["heatmap_auc"]) <= 0.002
 
 
-def test_bfloat16_bulk_tiles_cover_twice_the_area_for_the_same_memory():
-    """bfloat16 activations take half the bytes: a BreCaHAD field is one call instead of two."""
+def test_bfloat16_bulk_tiles_cover_more_area_for_less_memory():
+    """bfloat16 activations take half the bytes: its bulk tiles cover ~1.5x the float32 area
+    (both are one call on a BreCaHAD field; measured peaks ~320 vs ~400 MB)."""
     fp32 = hm.plan_heatmap(1024, 1360, 8)
     bf16 = hm.plan_heatmap(1024, 1360, 8, precision="bfloat16")
-    assert len(fp32) == 2 and len(bf16) == 1
+    assert len(fp32) == 1 and len(bf16) == 1
+    assert len(hm.plan_heatmap(2900, 2900, 8, precision="bfloat16")) < len(hm.plan_heatmap(2900, 2900, 8))
     q = hm.tile_quantum(8)
     rows, cols = hm.bulk_tile_cells(8, precision="bfloat16")
     assert rows % q == 0 and cols % q == 0
-    assert 1.9 <= rows * cols / (hm.bulk_tile_cells(8)[0] * hm.bulk_tile_cells(8)[1]) <= 2.2
+    assert 1.4 <= rows * cols / (hm.bulk_tile_cells(8)[0] * hm.bulk_tile_cells(8)[1]) <= 2.0
     # Slide regions read block by block keep their memory-bounded tiles in either precision.
     assert hm.bulk_tile_cells(8, streamed=True, precision="bfloat16") == hm.bulk_tile_cells(8, streamed=True)

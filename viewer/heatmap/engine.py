@@ -75,17 +75,19 @@ _INTERACTIVE_TILE_PX = 256
 """Side of a first, interactive tile in image pixels (32 cells at stride 8, a 280 px block with
 its halo): a few ms warm on two cores, so the first painted tile never waits for a big one."""
 
-_BULK_TILE_PX = (1024, 1024)
-"""Rows x columns of a bulk tile of an image in memory, in image pixels (128 x 128 cells at
-stride 8, a 1048 px block): the 24 px halo is 5 % of it, and a 1360 x 1024 image takes two calls
-(1.03-1.06x the time of one pass over the whole image). Its transient memory is ~300 MB: the
-first convolution's float32 output is 128 bytes per pixel and TensorFlow's max-pool about
-doubles that at its peak (one pass over the whole 1.4 Mpx image needs more)."""
+_BULK_TILE_PX = (1024, 1408)
+"""Rows x columns of a bulk tile of an image in memory, in image pixels (128 x 176 cells at
+stride 8, a 1048 x 1432 px block): a BreCaHAD field (1360 x 1024) is one call, padded by 3 %
+to whole shape quanta. Square 1024 px tiles took two calls and 1.06-1.12x the time of one
+pass over the image (the halo between them, a second call); this shape ~1.04x. Its transient
+memory is ~400 MB (peak RSS over a 1048 x 1368 block; 1048 x 1048 took ~300 MB): the first
+convolution's float32 output is 128 bytes per pixel and TensorFlow's max-pool about doubles
+that at its peak."""
 
 _BULK_TILE_PX_BFLOAT16 = (1472, 1472)
-"""The same for bfloat16: its activations take half the bytes, so a tile of about twice the area
-fits the same ~300 MB, and a 1360 x 1024 image is one call (the tiles' halos and second call
-cost bfloat16 ~15 %, since everything else got twice as fast)."""
+"""The same for bfloat16: its activations take half the bytes, so a tile of about 1.5 times the
+area takes less memory (~320 MB over a 1496 x 1496 block), and a 1360 x 1024 image is one call
+(two calls' halos and overhead cost bfloat16 ~15 %, since everything else got twice as fast)."""
 
 _STREAMED_TILE_PX = (512, 768)
 """Rows x columns of a bulk tile of an image read block by block (a slide region; 64 x 96 cells
@@ -224,8 +226,8 @@ def default_tile_cells(stride: int = DEFAULT_STRIDE) -> int:
 def bulk_tile_cells(stride: int = DEFAULT_STRIDE, *, streamed: bool = False,
                     precision: str = "float32") -> tuple[int, int]:
     """``(rows, cols)`` in cells of a bulk tile for the fully convolutional pass: about
-    1024 x 1024 px of image (128 x 128 cells at stride 8) for an image in memory (about
-    1472 x 1472 px in bfloat16: the same memory), 512 x 768 px (64 x 96 cells) for one read
+    1024 x 1408 px of image (128 x 176 cells at stride 8) for an image in memory (about
+    1472 x 1472 px in bfloat16: less memory), 512 x 768 px (64 x 96 cells) for one read
     block by block (``streamed``, a slide region). 32 x 32 cells for strides that are not
     multiples of 4 (batched windows, where tile size changes nothing but how often a run can be
     stopped)."""
@@ -530,13 +532,15 @@ def _analyse(model) -> tuple[_NetSpec | None, str]:
     return spec, ""
 
 
-def _weights_fingerprint(model) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in model.get_weights():
-        array = np.ascontiguousarray(array)
-        digest.update(str(array.shape).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+def _weights_fingerprint(model) -> tuple:
+    """Changes when any weight does (checked on every heatmap call, since the traced passes hold
+    the weights as constants). CRC-32 per array, not a cryptographic hash: it only has to notice
+    training or ``set_weights``, and BLAKE2 over the 0.7 MB of weights plus copies cost a
+    bfloat16 run on a microscope field ~5 % of its time."""
+    import zlib
+
+    return tuple((array.shape, zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B")))
+                 for array in model.get_weights())
 
 
 class _ModelEngines:
