@@ -480,7 +480,7 @@ def print_goals(tp: dict, acc: dict) -> bool:
         rows.append((label, value, goal, ok))
 
     r = _ratio(tp, "bulk_float32", "single_float32")
-    add(f"FP32 image in bulk tiles / single pass ({tp['bulk_tiles']} tiles of <= {tp['bulk_tile'][0]}x{tp['bulk_tile'][1]})",
+    add(f"FP32 image in bulk tiles / single pass ({tp['bulk_tiles']} tile{'s' if tp['bulk_tiles'] != 1 else ''} of <= {tp['bulk_tile'][0]}x{tp['bulk_tile'][1]})",
         f"{r:.3f}x", f"<= {GOALS['bulk_vs_single']:.2f}x", r <= GOALS["bulk_vs_single"])
     for key, label in (("store", "into a .zarr store"), ("slide", "engine only, no store")):
         r = _ratio(tp, f"{key}_float32", "singles_float32", per_tissue)
