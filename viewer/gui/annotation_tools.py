@@ -42,6 +42,7 @@ from viewer.annotations import CLASSES, IGNORE_CLASS, class_colour, class_label
 from viewer.annotations.edits import Selection
 from viewer.gui.annotation_editor import AnnotationEditor
 from viewer.gui.canvas import Z_ANNOTATIONS, Canvas
+from viewer.gui.icon import multi_size_icon
 from viewer.gui.layers_panel import LayersPanel, ring_icon
 
 CLICK_SLOP = 4  # screen px a click may wander and still be a click
@@ -134,10 +135,7 @@ def _glyph(kind: str, size: int) -> QPixmap:
 
 
 def tool_icon(kind: str) -> QIcon:
-    icon = QIcon()
-    for size in (16, 24, 32, 48):
-        icon.addPixmap(_glyph(kind, size))
-    return icon
+    return multi_size_icon(lambda size: _glyph(kind, size))
 
 
 class AnnotationTools(QObject):

@@ -3,6 +3,8 @@ purple nucleus ring and a warm heatmap spot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QIcon, QPainter, QPen, QPixmap, QRadialGradient
 
@@ -89,9 +91,14 @@ def _glyph(kind: str, size: int = 32) -> QPixmap:
     return pixmap
 
 
-def toolbar_icon(kind: str) -> QIcon:
-    """Icon for a toolbar action: zoom_in, zoom_out, fit, actual, annotations, heatmap."""
+def multi_size_icon(paint: Callable[[int], QPixmap]) -> QIcon:
+    """An icon drawn crisp at each toolbar size (16, 24, 32, 48 px) by ``paint(size)``."""
     icon = QIcon()
     for size in (16, 24, 32, 48):
-        icon.addPixmap(_glyph(kind, size))
+        icon.addPixmap(paint(size))
     return icon
+
+
+def toolbar_icon(kind: str) -> QIcon:
+    """Icon for a toolbar action: zoom_in, zoom_out, fit, actual, annotations, heatmap."""
+    return multi_size_icon(lambda size: _glyph(kind, size))
