@@ -489,3 +489,25 @@ def test_bad_arguments_exit_2_before_any_cluster_starts(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_slide_keeps_the_chunk_size_of_a_store_left_by_an_earlier_version(tmp_path):
+    """The batch plans a slide whose folder holds a store made with 64-cell chunks (the default
+    before 128) in that store's chunk size, so it resumes it; --force starts over in the default."""
+    from dataclasses import replace
+
+    from viewer.batch.tasks import STORE_NAME, SlideJob, prepare_slide
+    from viewer.heatmap.slide_run import DEFAULT_CHUNK, SlideHeatmapOptions, open_store_for, plan_slide_heatmap
+    from viewer.model import bundled_model_path, file_sha256
+    from viewer.slide import open_slide
+
+    slide_path = write_pyramidal_tiff(tmp_path / "case.tif", 3000, 2200, tile=256, levels=3, compression="jpeg", mpp=0.25)
+    folder = tmp_path / "slide-case"
+    folder.mkdir()
+    model = str(bundled_model_path())
+    with open_slide(slide_path) as slide:
+        open_store_for(plan_slide_heatmap(slide, model, SlideHeatmapOptions(chunk=64)), folder / STORE_NAME)
+    job = SlideJob(0, str(slide_path), str(folder), model, file_sha256(model), SlideHeatmapOptions(), 0.5, None, False)
+    assert DEFAULT_CHUNK != 64 and prepare_slide(job).chunk == 64
+    assert job.options.chunk is None  # the options the slide's record compares stay the user's
+    assert prepare_slide(replace(job, force=True)).chunk == DEFAULT_CHUNK
