@@ -364,5 +364,19 @@ def test_bfloat16_bulk_tiles_cover_more_area_for_less_memory():
     rows, cols = hm.bulk_tile_cells(8, precision="bfloat16")
     assert rows % q == 0 and cols % q == 0
     assert 1.4 <= rows * cols / (hm.bulk_tile_cells(8)[0] * hm.bulk_tile_cells(8)[1]) <= 2.0
-    # Slide regions read block by block keep their memory-bounded tiles in either precision.
-    assert hm.bulk_tile_cells(8, streamed=True, precision="bfloat16") == hm.bulk_tile_cells(8, streamed=True)
+    # Slide regions read block by block: memory-bounded tiles, larger in bfloat16 for the same reason.
+    streamed, streamed_bf16 = hm.bulk_tile_cells(8, streamed=True), hm.bulk_tile_cells(8, streamed=True, precision="bfloat16")
+    assert streamed == (64, 96) and streamed_bf16 == (128, 128)
+
+
+def test_bfloat16_cells_do_not_depend_on_the_tiling(with_bf16):
+    """As in float32 (test_heatmap.test_results_do_not_depend_on_the_tiling): blocks padded to
+    multiples of 4 cells give each cell the same bits whatever its tile, so a bfloat16 store
+    resumed with its chunks grouped differently (or with another tile size) stays exact."""
+    from viewer.model import load_model
+
+    image = np.random.default_rng(3).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    model = load_model()
+    whole = hm.compute_heatmap(image, model, 8, precision="bfloat16")
+    for tiles in (4, (8, 12), (64, 96), (128, 128)):
+        np.testing.assert_array_equal(hm.compute_heatmap(image, model, 8, tile_cells=tiles, precision="bfloat16"), whole)

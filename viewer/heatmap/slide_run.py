@@ -260,9 +260,9 @@ def iter_slide_heatmap(
     ``plan.precision``, each engine tile read from the slide with its halo; chunks without tissue
     cost no compute and come last (on a slide they are thousands, and recording them must not
     delay the first tissue results). Neighbouring chunks are computed together in bulk tiles
-    (:func:`engine_tiles`, :func:`tissue_tiles`: 64 x 96 cells at stride 8, fewer calls and less
-    halo than one 64-cell chunk each, glass at tissue edges skipped) and the results are split
-    and yielded chunk by chunk, so stores stay chunk-aligned.
+    (:func:`engine_tiles`, :func:`tissue_tiles`: 64 x 96 cells at stride 8, 128 x 128 in
+    bfloat16; glass at tissue edges skipped) and the results are split and yielded chunk by
+    chunk, so stores stay chunk-aligned.
     ``interactive``: the first chunk is computed alone, so a viewer paints it at once.
     """
     chunks = list(chunks)
@@ -285,7 +285,8 @@ def _computed_chunks(
     for n, ((rows, cols), members) in enumerate(engine_tiles(plan, busy, interactive=interactive)):
         keep = plan.evaluated_cells(rows, cols)
         split = not (interactive and n == 0)  # the interactive first chunk: one quick call
-        groups.append(((rows, cols), members, keep, tissue_tiles(grid.stride, keep, rows.start, cols.start, split=split)))
+        groups.append(((rows, cols), members, keep,
+                       tissue_tiles(grid.stride, keep, rows.start, cols.start, split=split, precision=plan.precision)))
     flat = [tile for *_, tiles in groups for tile in tiles]
     engine_plan = HeatmapPlan(
         grid.height, grid.width, grid.stride,
@@ -322,7 +323,8 @@ _MIN_SPLIT_PX = 128
 """Tiles are not split below about this side in image pixels (their halo would dominate)."""
 
 
-def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *, split: bool = True) -> list[tuple[slice, slice]]:
+def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *, split: bool = True,
+                 precision: str = "float32") -> list[tuple[slice, slice]]:
     """Engine tiles covering every True cell of ``keep`` (a block of cells at ``(row0, col0)``)
     for the least work: the tissue's bounding box, cut into bulk tiles where it is larger than
     one (:func:`~viewer.heatmap.engine.bulk_tile_cells`); where tissue ends on a diagonal or in
@@ -336,15 +338,15 @@ def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *,
     r0, r1 = int(used_rows[0]), int(used_rows[-1]) + 1
     c0, c1 = int(used_cols[0]), int(used_cols[-1]) + 1
     height, width = r1 - r0, c1 - c0
-    max_rows, max_cols = bulk_tile_cells(stride, streamed=True)
+    max_rows, max_cols = bulk_tile_cells(stride, streamed=True, precision=precision)
     if height > max_rows or width > max_cols:  # more than one bulk tile: cut at a tile's size
         if height / max_rows >= width / max_cols:
             cut = r0 + max_rows
-            return (tissue_tiles(stride, keep[:cut], row0, col0, split=split)
-                    + tissue_tiles(stride, keep[cut:], row0 + cut, col0, split=split))
+            return (tissue_tiles(stride, keep[:cut], row0, col0, split=split, precision=precision)
+                    + tissue_tiles(stride, keep[cut:], row0 + cut, col0, split=split, precision=precision))
         cut = c0 + max_cols
-        return (tissue_tiles(stride, keep[:, :cut], row0, col0, split=split)
-                + tissue_tiles(stride, keep[:, cut:], row0, col0 + cut, split=split))
+        return (tissue_tiles(stride, keep[:, :cut], row0, col0, split=split, precision=precision)
+                + tissue_tiles(stride, keep[:, cut:], row0, col0 + cut, split=split, precision=precision))
     box = [(slice(row0 + r0, row0 + r1), slice(col0 + c0, col0 + c1))]
     q = tile_quantum(stride)
     if not split or keep[r0:r1, c0:c1].all() or max(height, width) * stride < 2 * _MIN_SPLIT_PX:
@@ -355,9 +357,11 @@ def tissue_tiles(stride: int, keep: np.ndarray, row0: int = 0, col0: int = 0, *,
     if cut >= start + length:  # too short to halve
         return box
     if along_rows:
-        halves = (tissue_tiles(stride, keep[:cut], row0, col0), tissue_tiles(stride, keep[cut:], row0 + cut, col0))
+        halves = (tissue_tiles(stride, keep[:cut], row0, col0, precision=precision),
+                  tissue_tiles(stride, keep[cut:], row0 + cut, col0, precision=precision))
     else:
-        halves = (tissue_tiles(stride, keep[:, :cut], row0, col0), tissue_tiles(stride, keep[:, cut:], row0, col0 + cut))
+        halves = (tissue_tiles(stride, keep[:, :cut], row0, col0, precision=precision),
+                  tissue_tiles(stride, keep[:, cut:], row0, col0 + cut, precision=precision))
     split = halves[0] + halves[1]
     cost = lambda tiles: sum(_tile_cost(stride, tile) for tile in tiles)  # noqa: E731
     return split if cost(split) < cost(box) else box
@@ -441,10 +445,11 @@ decoded again by the next block, so short blocks decode much of the slide twice.
 
 def group_side(plan: SlideHeatmapPlan) -> tuple[int, int]:
     """Chunks per block ``(rows, cols)``: whole chunks that whole bulk tiles
-    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8) also fill, and
-    at least :data:`_BLOCK_MIN_PX` per side: 1 x 3 chunks of 128 cells (eight bulk tiles)."""
+    (:func:`~viewer.heatmap.engine.bulk_tile_cells`, 64 x 96 cells at stride 8, 128 x 128 in
+    bfloat16) also fill, and at least :data:`_BLOCK_MIN_PX` per side: 1 x 3 chunks of 128 cells
+    (eight bulk tiles) in float32, one chunk (one tile) in bfloat16."""
     sides = []
-    for side in bulk_tile_cells(plan.stride, streamed=True):
+    for side in bulk_tile_cells(plan.stride, streamed=True, precision=plan.precision):
         base = math.lcm(side, plan.chunk) // plan.chunk
         repeat = math.ceil(_BLOCK_MIN_PX / (base * plan.chunk * plan.stride))
         sides.append(max(1, min(32, base * repeat)))
