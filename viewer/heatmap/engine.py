@@ -80,24 +80,24 @@ _BULK_TILE_PX = (1024, 1408)
 stride 8, a 1048 x 1432 px block): a BreCaHAD field (1360 x 1024) is one call, padded by 3 %
 to whole shape quanta. Square 1024 px tiles took two calls and 1.06-1.12x the time of one
 pass over the image (the halo between them, a second call); this shape ~1.04x. Its transient
-memory is ~400 MB (peak RSS over a 1048 x 1368 block; 1048 x 1048 took ~300 MB): the first
+memory is ~410 MB (peak RSS added, ``benchmarks/tile_memory.py``): the first
 convolution's float32 output is 128 bytes per pixel and TensorFlow's max-pool about doubles
 that at its peak."""
 
 _BULK_TILE_PX_BFLOAT16 = (1472, 1472)
 """The same for bfloat16: its activations take half the bytes, so a tile of about 1.5 times the
-area takes less memory (~320 MB over a 1496 x 1496 block), and a 1360 x 1024 image is one call
+area takes less memory (~320 MB, ``benchmarks/tile_memory.py``), and a 1360 x 1024 image is one call
 (two calls' halos and overhead cost bfloat16 ~15 %, since everything else got twice as fast)."""
 
 _STREAMED_TILE_PX = (512, 768)
 """Rows x columns of a bulk tile of an image read block by block (a slide region; 64 x 96 cells
-at stride 8, a 536 x 792 px block): ~65 MB transient instead of ~300 MB, which keeps a slide's
+at stride 8, a 536 x 792 px block): ~115 MB transient instead of ~410 MB, which keeps a slide's
 run within its memory budget (tests/core/test_slide_memory.py) for ~3 % (float32) to ~9 %
 (bfloat16) of speed per cell. Wide rather than tall: the same area runs slightly faster."""
 
 _STREAMED_TILE_PX_BFLOAT16 = (1024, 1024)
 """The same for bfloat16 (128 x 128 cells): half the bytes per activation, so about 2.7 times the
-area for ~1.4 times the memory (~160 MB peak over a 1048 px block, ~120 MB for float32's
+area for ~1.3 times the memory (~155 MB peak over a 1048 px block, ~115 MB for float32's
 536 x 792 px); its halo and calls weigh twice as much in bfloat16, and this tile made a bfloat16
 slide run ~6 % faster. Tiles of any size give bfloat16 the same bits per cell too (a test checks
 it), so resumed stores stay exact."""
