@@ -271,9 +271,6 @@ class _TaskStore:
     def done_mask(self) -> np.ndarray:
         return self._store.done_mask()
 
-    def write_tissue_chunk(self, i: int, j: int, mask: np.ndarray) -> None:
-        self._store.write_tissue_chunk(i, j, mask)
-
     def write_chunk(self, i: int, j: int, probabilities: np.ndarray, *, tissue: np.ndarray | None = None) -> None:
         self._store.write_chunk(i, j, probabilities, tissue=tissue)
 

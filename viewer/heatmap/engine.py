@@ -42,7 +42,6 @@ Keras and TensorFlow are imported lazily, inside the functions that need them.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import threading
@@ -86,21 +85,22 @@ that at its peak."""
 
 _BULK_TILE_PX_BFLOAT16 = (1472, 1472)
 """The same for bfloat16: its activations take half the bytes, so a tile of about 1.5 times the
-area takes less memory (~320 MB, ``benchmarks/tile_memory.py``), and a 1360 x 1024 image is one call
-(two calls' halos and overhead cost bfloat16 ~15 %, since everything else got twice as fast)."""
+area takes less memory (~320 MB, ``benchmarks/tile_memory.py``), and a 1360 x 1024 image is
+one call (two calls' halos and overhead cost bfloat16 ~15 %, since everything else got twice as
+fast)."""
 
 _STREAMED_TILE_PX = (512, 768)
 """Rows x columns of a bulk tile of an image read block by block (a slide region; 64 x 96 cells
 at stride 8, a 536 x 792 px block): ~115 MB transient instead of ~410 MB, which keeps a slide's
-run within its memory budget (tests/core/test_slide_memory.py) for ~3 % (float32) to ~9 %
-(bfloat16) of speed per cell. Wide rather than tall: the same area runs slightly faster."""
+run within its memory budget (tests/core/test_slide_memory.py) for ~3 % of speed per cell.
+Wide rather than tall: the same area runs slightly faster."""
 
 _STREAMED_TILE_PX_BFLOAT16 = (1024, 1024)
 """The same for bfloat16 (128 x 128 cells): half the bytes per activation, so about 2.7 times the
 area for ~1.3 times the memory (~155 MB peak over a 1048 px block, ~115 MB for float32's
 536 x 792 px); its halo and calls weigh twice as much in bfloat16, and this tile made a bfloat16
-slide run ~6 % faster. Tiles of any size give bfloat16 the same bits per cell too (a test checks
-it), so resumed stores stay exact."""
+slide run ~5 % faster in alternated runs. Tiles of any size give bfloat16 the same bits per cell
+too (a test checks it), so resumed stores stay exact."""
 
 _SHAPE_QUANTUM_PX = 64
 """Tiles are padded up to a multiple of about this many image pixels (8 cells at stride 8) per
@@ -235,9 +235,9 @@ def bulk_tile_cells(stride: int = DEFAULT_STRIDE, *, streamed: bool = False,
     """``(rows, cols)`` in cells of a bulk tile for the fully convolutional pass: about
     1024 x 1408 px of image (128 x 176 cells at stride 8) for an image in memory (about
     1472 x 1472 px in bfloat16: less memory), 512 x 768 px (64 x 96 cells; 1024 x 1024 px in
-    bfloat16) for one read block by block (``streamed``, a slide region). 32 x 32 cells for strides that are not
-    multiples of 4 (batched windows, where tile size changes nothing but how often a run can be
-    stopped)."""
+    bfloat16) for one read block by block (``streamed``, a slide region). 32 x 32 cells for
+    strides that are not multiples of 4 (batched windows, where tile size changes nothing but
+    how often a run can be stopped)."""
     stride = _check_stride(stride)
     if stride % 4 == 0:
         if streamed:
