@@ -18,7 +18,8 @@ from viewer.slide import open_slide
 
 @pytest.fixture
 def pyramid(tmp_path: Path) -> Path:
-    """A small pyramidal slide: a 'whole slide' to the viewer (its own levels), ~20 chunks."""
+    """A small pyramidal slide: a 'whole slide' to the viewer (its own levels), 3×2 chunks of
+    128 cells."""
     return write_pyramidal_tiff(tmp_path / "pyramid.tif", 2600, 1900, tile=256, levels=3, compression="zlib", mpp=0.25)
 
 
@@ -62,13 +63,41 @@ def test_reopening_a_slide_shows_its_stored_heatmap_at_once(qtbot, make_window, 
     assert window.heatmap_layer.data is window.heatmap_controller.data
 
 
+@pytest.fixture
+def paused_after_first_chunk(monkeypatch: pytest.MonkeyPatch):
+    """Make a whole-slide run wait after its first stored chunk until the test sets the Event,
+    so a stop arrives while chunks are left however fast the machine is (a race otherwise: a
+    small slide's six chunks can all be done before the stop reaches the worker)."""
+    import threading
+
+    import viewer.heatmap.slide_run as slide_run  # the viewer's worker imports run_to_store from it
+
+    gate = threading.Event()
+    real = slide_run.run_to_store
+
+    def paused(*args, **kwargs):
+        chunks = real(*args, **kwargs)
+        try:
+            for number, item in enumerate(chunks):
+                yield item
+                if number == 0:
+                    gate.wait(60)
+        finally:
+            chunks.close()
+
+    monkeypatch.setattr(slide_run, "run_to_store", paused)
+    yield gate
+    gate.set()  # never leave a worker thread waiting
+
+
 def test_stopping_keeps_what_was_computed_and_the_next_run_continues(
-        qtbot, make_window, open_and_wait, pyramid):
+        qtbot, make_window, open_and_wait, pyramid, paused_after_first_chunk):
     window = make_window()
     open_and_wait(window, pyramid)
     with qtbot.waitSignal(window.runner.tile_ready, timeout=120_000):
         window.actions.run_heatmap.trigger()
     assert finished(qtbot, window, window.actions.cancel_heatmap.trigger) == [False]
+    paused_after_first_chunk.set()
     from viewer.gui.worker import wait_for_workers
 
     assert wait_for_workers(60_000)  # the stopped worker may still store the chunk it was on
