@@ -226,7 +226,7 @@ def run_batch(settings: BatchSettings, client, *, threads: int, progress: BatchP
         if not store.attrs.get("complete"):
             # A worker killed mid-write leaves a hidden temporary file that is never read as a
             # chunk; the slide's tasks are all over, so it can go now rather than at a resume.
-            store._remove_temp_files()
+            store.remove_temp_files()
             store.mark_complete()
         slide.seconds += figures.seconds
         row = slide.row

@@ -443,7 +443,7 @@ class HeatmapStore:
                 f"was made for another slide/model/settings ({differs} differs); use --force to replace it", path
             )
         store = cls.open(path, mode="r+")
-        store._remove_temp_files()
+        store.remove_temp_files()
         _remove_strays(path)
         return store, True
 
@@ -684,7 +684,7 @@ class HeatmapStore:
         return out
 
     # Housekeeping ---------------------------------------------------------------------------
-    def _remove_temp_files(self) -> None:
+    def remove_temp_files(self) -> None:
         """Delete temporary files a killed writer left (call only when no other writer runs)."""
         for folder, _dirs, files in os.walk(self.path):
             for name in files:
