@@ -186,6 +186,30 @@ def export_to(qtbot, dialogs_seen):
     return export
 
 
+def _pause_after_first(monkeypatch: pytest.MonkeyPatch, module, name: str):
+    """Replace generator function ``module.name`` by one that pauses after its first item
+    until the returned Event is set (at most 60 s). Yields the Event, set again at teardown so
+    no worker thread is left waiting."""
+    import threading
+
+    gate = threading.Event()
+    real = getattr(module, name)
+
+    def paused(*args, **kwargs):
+        items = real(*args, **kwargs)
+        try:
+            for number, item in enumerate(items):
+                yield item
+                if number == 0:
+                    gate.wait(60)
+        finally:
+            items.close()
+
+    monkeypatch.setattr(module, name, paused)
+    yield gate
+    gate.set()
+
+
 @pytest.fixture
 def gated_engine(monkeypatch: pytest.MonkeyPatch):
     """Make every heatmap run pause after its first tile until the test sets the returned Event.
@@ -193,23 +217,16 @@ def gated_engine(monkeypatch: pytest.MonkeyPatch):
     Cancel and stale-result tests then know a run is still going when they act, however fast
     the machine is (no sleeps, no races). Tests must set the Event before their window closes:
     closing joins the worker threads, and pytest-qt closes windows before this fixture ends."""
-    import threading
-
     import viewer.heatmap.slide_run as engine_user  # the viewer drains the engine through it
 
-    gate = threading.Event()
-    real = engine_user.iter_heatmap_tiles
+    yield from _pause_after_first(monkeypatch, engine_user, "iter_heatmap_tiles")
 
-    def gated(*args, **kwargs):
-        tiles = real(*args, **kwargs)
-        try:
-            for number, tile in enumerate(tiles):
-                yield tile
-                if number == 0:
-                    gate.wait(60)
-        finally:
-            tiles.close()
 
-    monkeypatch.setattr(engine_user, "iter_heatmap_tiles", gated)
-    yield gate
-    gate.set()  # never leave a worker thread waiting
+@pytest.fixture
+def paused_after_first_chunk(monkeypatch: pytest.MonkeyPatch):
+    """Make a whole-slide run into a store wait after it reports its first stored chunk until
+    the test sets the returned Event, so a stop arrives before the engine goes further however
+    fast the machine is (chunks computed by then and queued for writing are still stored)."""
+    import viewer.heatmap.slide_run as slide_run  # the viewer's worker imports run_to_store from it
+
+    yield from _pause_after_first(monkeypatch, slide_run, "run_to_store")

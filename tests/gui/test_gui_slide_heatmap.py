@@ -23,6 +23,13 @@ def pyramid(tmp_path: Path) -> Path:
     return write_pyramidal_tiff(tmp_path / "pyramid.tif", 2600, 1900, tile=256, levels=3, compression="zlib", mpp=0.25)
 
 
+@pytest.fixture
+def larger_pyramid(tmp_path: Path) -> Path:
+    """Twice as wide and tall: 6×4 chunks, more than a run into a store can have computed and
+    queued for writing (at most 1 + slide_run._WRITES_IN_FLIGHT) when it first reports one."""
+    return write_pyramidal_tiff(tmp_path / "larger.tif", 5200, 3800, tile=256, levels=3, compression="zlib", mpp=0.25)
+
+
 def finished(qtbot, window, trigger) -> list:
     with qtbot.waitSignal(window.heatmap_finished, timeout=120_000) as blocker:
         trigger()
@@ -63,37 +70,12 @@ def test_reopening_a_slide_shows_its_stored_heatmap_at_once(qtbot, make_window, 
     assert window.heatmap_layer.data is window.heatmap_controller.data
 
 
-@pytest.fixture
-def paused_after_first_chunk(monkeypatch: pytest.MonkeyPatch):
-    """Make a whole-slide run wait after its first stored chunk until the test sets the Event,
-    so a stop arrives while chunks are left however fast the machine is (a race otherwise: a
-    small slide's six chunks can all be done before the stop reaches the worker)."""
-    import threading
-
-    import viewer.heatmap.slide_run as slide_run  # the viewer's worker imports run_to_store from it
-
-    gate = threading.Event()
-    real = slide_run.run_to_store
-
-    def paused(*args, **kwargs):
-        chunks = real(*args, **kwargs)
-        try:
-            for number, item in enumerate(chunks):
-                yield item
-                if number == 0:
-                    gate.wait(60)
-        finally:
-            chunks.close()
-
-    monkeypatch.setattr(slide_run, "run_to_store", paused)
-    yield gate
-    gate.set()  # never leave a worker thread waiting
-
-
 def test_stopping_keeps_what_was_computed_and_the_next_run_continues(
-        qtbot, make_window, open_and_wait, pyramid, paused_after_first_chunk):
+        qtbot, make_window, open_and_wait, larger_pyramid, paused_after_first_chunk):
+    from viewer.heatmap.slide_run import _WRITES_IN_FLIGHT
+
     window = make_window()
-    open_and_wait(window, pyramid)
+    open_and_wait(window, larger_pyramid)
     with qtbot.waitSignal(window.runner.tile_ready, timeout=120_000):
         window.actions.run_heatmap.trigger()
     assert finished(qtbot, window, window.actions.cancel_heatmap.trigger) == [False]
@@ -104,6 +86,7 @@ def test_stopping_keeps_what_was_computed_and_the_next_run_continues(
     store = window.heatmap_controller.data.store
     done_before = int(store.done_mask().sum())
     total = store.done_mask().size
+    assert total > 1 + _WRITES_IN_FLIGHT  # so chunks are left whatever the machine's speed
     assert 0 < done_before < total
     painted: list = []
     window.runner.tile_ready.connect(lambda *args: painted.append(args))
